@@ -1,0 +1,49 @@
+# A newcomer needs two commands: `make run` and `make test`. Each installs what it needs.
+VENV ?= .venv
+PYTHON ?= $(shell sh tools/find-python)
+BIN := $(CURDIR)/$(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The Procfile's web command, so `make run` starts the server exactly as Cloud Foundry does.
+WEB_COMMAND := $(shell sed -n 's/^web: *//p' Procfile)
+
+.PHONY: run test test-fast lint format vendor tools clean
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --find-links vendor -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.runtime
+	PATH="$(BIN):$$PATH" bash -c '$(WEB_COMMAND)'
+
+# Debian tools the wire tests drive; installed only when missing.
+tools:
+	@command -v ab >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq apache2-utils; }
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# pytest exits 5 when it collected no tests: a suite that ran nothing has not passed.
+test: lint tools
+	$(BIN)/python -m pytest; status=$$?; \
+	  [ $$status -ne 5 ] || echo "pytest collected no tests: failing on purpose" >&2; \
+	  exit $$status
+
+# The same without the tests marked slow, for a quick local loop.
+test-fast: lint tools
+	$(BIN)/python -m pytest -m 'not slow'
+
+vendor:
+	tools/vendor
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

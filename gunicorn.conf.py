@@ -1,0 +1,49 @@
+"""gunicorn's settings, every one from the environment (read by streamhtml.settings).
+
+The Procfile and `make run` both start `gunicorn --config gunicorn.conf.py app:app`.
+The README lists each variable with its default.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from streamhtml.settings import SettingsError, load_server_settings, load_settings  # noqa: E402
+
+try:
+    _server = load_server_settings()
+    load_settings()  # the app's limits too: a bad one stops the start here, with its name
+except SettingsError as error:
+    # SystemExit passes through gunicorn's config loader: one clear line, no traceback.
+    sys.exit(f"streamhtml: invalid setting: {error}")
+
+bind = [f"0.0.0.0:{_server.port}"]
+workers = _server.workers
+
+# gthread, measured (bench/RESULTS.md): each worker's main thread keeps telling the arbiter
+# it is alive while request threads stream, so a stream may outlive `timeout`; and one worker
+# serves `threads` streams at once, so slow clients do not each hold a process. The sync worker
+# does neither: it is killed mid-stream after `timeout` and serves one client at a time.
+worker_class = _server.worker_class
+threads = _server.threads
+# Enough connection slots for every thread plus idle keep-alive connections.
+worker_connections = max(1000, 2 * _server.threads)
+
+timeout = _server.timeout_s
+# Cloud Foundry sends SIGKILL 10 s after SIGTERM: in-flight streams get less than that.
+graceful_timeout = _server.graceful_timeout_s
+# Longer than the 60 s idle timeout of common load balancers, so the proxy closes an idle
+# connection first and never sends a request down one that gunicorn has just closed.
+keepalive = _server.keepalive_s
+backlog = _server.backlog
+
+loglevel = _server.log_level
+errorlog = "-"
+# Cloud Foundry's buildpack sets GUNICORN_CMD_ARGS="--access-logfile -", which says the same.
+accesslog = "-" if _server.access_log else None
+capture_output = False
+
+# gunicorn 27's control socket is a file under $HOME that two instances on one host would share;
+# nothing here uses it, and the app writes no files at run time.
+control_socket_disable = True

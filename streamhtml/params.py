@@ -1,0 +1,102 @@
+"""Bounded parsing of query parameters into requests, or a BadParameter that becomes a 400."""
+
+from dataclasses import dataclass
+
+from werkzeug.datastructures import MultiDict
+
+from .numbers import MAX_DIGITS, parse_bounded
+from .settings import Limits
+
+DEFAULT_NBLOCKS = 10
+DEFAULT_BLOCK_SIZE = 1024
+DEFAULT_SLEEP_MS = 0
+DEFAULT_CSV_ROWS = 1000
+DEFAULT_SEED = 0
+MAX_SEED = 2**32 - 1
+
+
+class BadParameter(ValueError):
+    def __init__(self, parameter: str, detail: str):
+        super().__init__(detail)
+        self.parameter = parameter
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    nblocks: int
+    block_size: int
+    sleep_ms: int
+    static: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return self.nblocks * self.block_size
+
+
+@dataclass(frozen=True)
+class CsvRequest:
+    rows: int
+    seed: int
+
+
+def _single(args, name: str) -> str | None:
+    """The one value given for `name`, None when absent; twice is an error, not a choice."""
+    values = args.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadParameter(name, f"{name} was given {len(values)} times; give it once")
+    return values[0]
+
+
+def int_param(args: MultiDict, name: str, default: int, lowest: int, highest: int) -> int:
+    raw = _single(args, name)
+    if raw is None:
+        return min(max(default, lowest), highest)
+    value = parse_bounded(raw, lowest, highest)
+    if value is None:
+        raise BadParameter(
+            name,
+            f"{name} must be plain decimal digits (at most {MAX_DIGITS}) "
+            f"for a whole number from {lowest} to {highest}",
+        )
+    return value
+
+
+def flag_param(args: MultiDict, name: str, default: bool) -> bool:
+    raw = _single(args, name)
+    if raw is None:
+        return default
+    if raw not in ("0", "1"):
+        raise BadParameter(name, f"{name} must be 0 or 1")
+    return raw == "1"
+
+
+def parse_stream_request(args: MultiDict, limits: Limits) -> StreamRequest:
+    request = StreamRequest(
+        nblocks=int_param(args, "nblocks", DEFAULT_NBLOCKS, 0, limits.max_nblocks),
+        block_size=int_param(args, "block_size", DEFAULT_BLOCK_SIZE, 1, limits.max_block_size),
+        sleep_ms=int_param(args, "sleep_ms", DEFAULT_SLEEP_MS, 0, limits.max_sleep_ms),
+        static=flag_param(args, "use_static_data", False),
+    )
+    if request.total_bytes > limits.max_response_bytes:
+        raise BadParameter(
+            "nblocks",
+            f"nblocks x block_size must be at most {limits.max_response_bytes} bytes; "
+            f"this request is {request.total_bytes} bytes",
+        )
+    if request.nblocks * request.sleep_ms > limits.max_stream_duration_s * 1000:
+        raise BadParameter(
+            "sleep_ms",
+            f"nblocks x sleep_ms must be at most {limits.max_stream_duration_s * 1000} ms "
+            f"(the max stream duration); this request is {request.nblocks * request.sleep_ms} ms",
+        )
+    return request
+
+
+def parse_csv_request(args: MultiDict, limits: Limits) -> CsvRequest:
+    return CsvRequest(
+        rows=int_param(args, "rows", DEFAULT_CSV_ROWS, 0, limits.max_csv_rows),
+        seed=int_param(args, "seed", DEFAULT_SEED, 0, MAX_SEED),
+    )

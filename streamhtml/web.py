@@ -1,0 +1,153 @@
+"""The Flask app: thin routes over the generators, one JSON error shape, the per-request hook."""
+
+import os
+from collections.abc import Iterator
+from functools import partial
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from . import __version__, observe
+from .connection import ClientWatcher
+from .generators import csv_chunks, html_blocks, paced
+from .params import BadParameter, parse_csv_request, parse_stream_request
+from .settings import Settings, load_settings
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache, no-store, must-revalidate",
+    "Pragma": "no-cache",
+    "Expires": "0",
+    # nginx and similar proxies pass blocks through as they come, even with gzip on.
+    "X-Accel-Buffering": "no",
+}
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+routes = Blueprint("streamhtml", __name__)
+
+
+def settings() -> Settings:
+    return current_app.extensions["streamhtml"]
+
+
+def get(rule: str):
+    # GET also answers HEAD; OPTIONS and every other method get the JSON 405.
+    return routes.route(rule, methods=["GET"], provide_automatic_options=False)
+
+
+@get("/")
+def index():
+    response = Response(render_template("index.html", version=__version__))
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    return response
+
+
+@get("/health")
+def health():
+    instance = settings().instance
+    response = jsonify(
+        status="ok",
+        app=instance.app_name,
+        version=__version__,
+        instance_index=instance.instance_index,
+        pid=os.getpid(),
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@get("/streamhtml")
+def streamhtml():
+    wanted = parse_stream_request(request.args, settings().limits)
+    if request.method == "HEAD":
+        return stream_response(iter(()), "text/html; charset=utf-8")
+    blocks = html_blocks(wanted.nblocks, wanted.block_size, static=wanted.static)
+    watcher = ClientWatcher(request.environ.get("gunicorn.socket"))
+    if wanted.sleep_ms:
+        blocks = paced(blocks, partial(watcher.pause, wanted.sleep_ms / 1000.0))
+    return stream_response(metered(blocks, watcher), "text/html; charset=utf-8")
+
+
+@get("/large.csv")
+def large_csv():
+    wanted = parse_csv_request(request.args, settings().limits)
+    body = iter(()) if request.method == "HEAD" else metered(csv_chunks(wanted.rows, wanted.seed))
+    response = stream_response(body, "text/csv; charset=utf-8")
+    response.headers["Content-Disposition"] = 'attachment; filename="large.csv"'
+    return response
+
+
+def metered(chunks: Iterator[bytes], watcher: ClientWatcher | None = None):
+    record = partial(observe.log_stream_outcome, request.path, g.request_id)
+    if watcher is None:
+        return observe.MeteredStream(chunks, record)
+    return observe.MeteredStream(chunks, record, lambda: watcher.outcome)
+
+
+def stream_response(body, content_type: str) -> Response:
+    # direct_passthrough hands our iterable to gunicorn as is: no per-chunk wrapper in between,
+    # and gunicorn frames each item as one HTTP chunk.
+    return Response(
+        body, content_type=content_type, headers=STREAM_HEADERS, direct_passthrough=True
+    )
+
+
+def error_response(status: int, error: str, detail: str, **extra) -> Response:
+    response = jsonify(status=status, error=error, detail=detail, **extra)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def bad_parameter(exc: BadParameter):
+    return error_response(400, "invalid query parameter", exc.detail, parameter=exc.parameter)
+
+
+def http_error(exc: HTTPException):
+    if isinstance(exc, InternalServerError):
+        return server_error(exc)
+    details = {
+        404: "no such endpoint; GET / lists them",
+        405: "only GET and HEAD are allowed here",
+    }
+    response = error_response(exc.code, exc.name, details.get(exc.code, exc.description))
+    if exc.code == 405:
+        response.headers["Allow"] = "GET, HEAD"
+    return response
+
+
+def server_error(exc: Exception):
+    # The traceback goes to the log, never to the client.
+    observe.log.error("unhandled error on %s", request.path, exc_info=exc)
+    return error_response(500, "internal server error", "the server failed; see its log")
+
+
+def create_app(app_settings: Settings | None = None) -> Flask:
+    app_settings = app_settings or load_settings()
+    app = Flask(__name__)
+    # Flask reads FLASK_DEBUG from the environment; no setting may turn on the debugger.
+    app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TESTING=False)
+    app.extensions["streamhtml"] = app_settings
+    observe.configure_logging(app_settings.log_level)
+    app.register_blueprint(routes)
+    app.register_error_handler(BadParameter, bad_parameter)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, server_error)
+
+    @app.before_request
+    def assign_request_id():
+        g.request_id = observe.request_id(request.headers.get(observe.REQUEST_ID_HEADER))
+
+    @app.after_request
+    def common_headers(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers[observe.REQUEST_ID_HEADER] = g.get("request_id") or observe.request_id(
+            None
+        )
+        if app_settings.instance.instance_index is not None:
+            response.headers["X-Instance-Index"] = app_settings.instance.instance_index
+        return response
+
+    return app

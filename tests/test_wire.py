@@ -1,0 +1,261 @@
+"""What a client sees on the socket, from a real gunicorn started as the Procfile starts it."""
+
+import csv
+import io
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+from urllib.parse import quote
+
+import pytest
+from support import read_chunk, read_head, request, send_request
+from test_params import BAD_NUMBERS
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache, no-store, must-revalidate",
+    "Pragma": "no-cache",
+    "Expires": "0",
+    "X-Accel-Buffering": "no",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@pytest.mark.parametrize(
+    "nblocks, block_size",
+    [(1, 1), (3, 4), (3, 5), (10, 6), (16, 1024), (100, 512), (5, 4096), (4, 65536), (2, 300_000)],
+)
+def test_a_stream_is_exactly_nblocks_chunks_of_block_size(server, nblocks, block_size):
+    reply = request(server.port, f"/streamhtml?nblocks={nblocks}&block_size={block_size}")
+    assert reply.status == 200 and reply.chunked
+    assert [len(chunk) for chunk in reply.chunks] == [block_size] * nblocks
+
+
+def test_the_defaults_are_ten_blocks_of_1024_bytes(server):
+    reply = request(server.port, "/streamhtml")
+    assert [len(chunk) for chunk in reply.chunks] == [1024] * 10
+    assert all(chunk.endswith(b"<br>\n") for chunk in reply.chunks)
+
+
+def test_zero_blocks_is_an_empty_chunked_body(server):
+    reply = request(server.port, "/streamhtml?nblocks=0")
+    assert reply.status == 200 and reply.chunked and reply.chunks == []
+
+
+def test_static_data_repeats_one_block_and_random_data_does_not(server):
+    static = request(server.port, "/streamhtml?nblocks=8&block_size=64&use_static_data=1")
+    random = request(server.port, "/streamhtml?nblocks=8&block_size=64")
+    assert len(set(static.chunks)) == 1
+    assert len(set(random.chunks)) == 8
+
+
+def test_a_stream_carries_the_no_cache_and_no_buffering_headers(server):
+    reply = request(server.port, "/streamhtml?nblocks=2", headers={"Accept-Encoding": "gzip"})
+    for name, value in STREAM_HEADERS.items():
+        assert reply.header(name) == value, name
+    assert reply.header("Content-Type") == "text/html; charset=utf-8"
+    assert reply.header("Transfer-Encoding") == "chunked"
+    assert reply.header("Content-Length") is None
+    assert reply.header("Content-Encoding") is None, "a stream is never compressed"
+
+
+def test_head_has_the_headers_of_get_and_no_body(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        send_request(sock, "/streamhtml?nblocks=1000&block_size=1000", method="HEAD")
+        send_request(sock, "/health")  # the same connection must still be usable after HEAD
+        reader = sock.makefile("rb")
+        head = read_head(reader)
+        assert head.status == 200
+        for name, value in STREAM_HEADERS.items():
+            assert head.header(name) == value, name
+        assert head.header("Content-Length") is None
+        assert read_head(reader).status == 200, "HEAD sent body bytes"
+
+
+def test_http_1_0_clients_get_the_exact_body_unchunked(server):
+    reply = request(server.port, "/streamhtml?nblocks=16&block_size=1024", version="1.0")
+    assert reply.status == 200 and not reply.chunked
+    assert len(reply.body) == 16 * 1024
+
+
+def test_the_first_block_is_sent_at_once_and_the_rest_as_they_are_made(server):
+    started = time.monotonic()
+    reply = request(server.port, "/streamhtml?nblocks=4&block_size=100&sleep_ms=300")
+    arrivals = [moment - started for moment in reply.chunk_times]
+    assert len(arrivals) == 4
+    assert arrivals[0] < 0.25, "the first block waited for a sleep"
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    assert all(gap > 0.2 for gap in gaps), f"blocks arrived together: {gaps}"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_get_a_json_405(server, method):
+    reply = request(server.port, "/streamhtml", method=method, headers={"Content-Length": "0"})
+    assert reply.status == 405
+    assert reply.header("Allow") == "GET, HEAD"
+    assert json.loads(reply.body)["status"] == 405
+
+
+def test_an_unknown_path_gets_a_json_404(server):
+    reply = request(server.port, "/streamhtml/extra")
+    assert reply.status == 404
+    assert reply.header("Content-Type") == "application/json"
+    assert json.loads(reply.body)["error"] == "Not Found"
+
+
+NUMERIC_PARAMETERS = {
+    "/streamhtml": ["nblocks", "block_size", "sleep_ms", "use_static_data"],
+    "/large.csv": ["rows", "seed"],
+}
+BAD_QUERIES = [
+    pytest.param(path, query, id=f"{name}-{case}")
+    for path, names in NUMERIC_PARAMETERS.items()
+    for name in names
+    for case, query in [
+        *[(case, f"{name}={quote(value, safe='')}") for case, value in BAD_NUMBERS.items()],
+        ("given twice", f"{name}=1&{name}=1"),
+    ]
+]
+
+
+@pytest.mark.parametrize("path, query", BAD_QUERIES)
+def test_every_malformed_number_is_a_json_400_before_any_byte_streams(small_server, path, query):
+    reply = request(small_server.port, f"{path}?{query}")
+    assert reply.status == 400, reply.body
+    assert reply.header("Content-Type") == "application/json"
+    assert not reply.chunked
+    body = json.loads(reply.body)
+    assert body["parameter"] == query.split("=")[0]
+    assert body["error"] and body["detail"]
+
+
+@pytest.mark.parametrize(
+    "query, parameter",
+    [
+        ("block_size=4097", "block_size"),
+        ("nblocks=1001", "nblocks"),
+        ("sleep_ms=2001", "sleep_ms"),
+        ("nblocks=1000&block_size=1001", "nblocks"),  # over max_response_bytes
+        ("nblocks=6&sleep_ms=1000", "sleep_ms"),  # over max_stream_duration_s
+    ],
+)
+def test_each_limit_is_refused_up_front(small_server, query, parameter):
+    reply = request(small_server.port, f"/streamhtml?{query}")
+    assert reply.status == 400
+    assert json.loads(reply.body)["parameter"] == parameter
+
+
+def test_the_csv_export_is_an_attachment_of_header_plus_rows(server):
+    reply = request(server.port, "/large.csv?rows=3000&seed=42")
+    assert reply.header("Content-Type") == "text/csv; charset=utf-8"
+    assert reply.header("Content-Disposition") == 'attachment; filename="large.csv"'
+    assert reply.header("X-Accel-Buffering") == "no"
+    rows = list(csv.reader(io.StringIO(reply.body.decode("utf-8"), newline="")))
+    assert rows[0] == ["id", "timestamp", "name", "amount", "comment"]
+    assert len(rows) == 3001
+    assert len(reply.chunks) > 1, "rows are streamed in batches, not one body"
+    assert request(server.port, "/large.csv?rows=3000&seed=42").body == reply.body
+
+
+def test_health_is_small_json(server):
+    reply = request(server.port, "/health")
+    assert reply.status == 200
+    body = json.loads(reply.body)
+    assert body["status"] == "ok" and body["app"] == "streamhtml"
+    assert len(reply.body) < 512
+
+
+def test_the_page_says_what_this_is_and_links_the_examples(server):
+    reply = request(server.port, "/")
+    assert reply.status == 200
+    assert reply.header("Content-Type") == "text/html; charset=utf-8"
+    assert "default-src 'none'" in reply.header("Content-Security-Policy")
+    assert reply.header("X-Content-Type-Options") == "nosniff"
+    assert b'href="streamhtml?nblocks=100&amp;block_size=512"' in reply.body
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_stream(start_server):
+    server = start_server()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        send_request(sock, "/streamhtml?nblocks=100&block_size=64&sleep_ms=2000")
+        reader = sock.makefile("rb")
+        assert read_head(reader).status == 200
+        assert len(read_chunk(reader)) == 64
+        hung_up = time.monotonic()
+        reader.close()
+    # The stream sleeps 2 s between blocks; it must notice well before its next write.
+    line = server.wait_for_log(r"outcome=client_gone bytes=(\d+) duration_ms=([\d.]+)")
+    assert time.monotonic() - hung_up < 1.5
+    assert int(line.group(1)) == 64
+    assert request(server.port, "/streamhtml?nblocks=2").status == 200
+
+
+def test_a_stream_longer_than_the_worker_timeout_completes(start_server):
+    server = start_server({"GUNICORN_TIMEOUT": "2"})
+    reply = request(server.port, "/streamhtml?nblocks=9&block_size=128&sleep_ms=500")
+    assert [len(chunk) for chunk in reply.chunks] == [128] * 9
+    server.wait_for_log(r"outcome=complete bytes=1152 duration_ms=(\d+)")
+    assert "WORKER TIMEOUT" not in server.log()
+
+
+def test_each_outcome_is_logged_once_with_bytes_and_whole_milliseconds(start_server):
+    server = start_server()
+    request(server.port, "/streamhtml?nblocks=3&block_size=10&sleep_ms=600")
+    match = server.wait_for_log(r"outcome=complete bytes=30 duration_ms=([\d.]+)")
+    # 2 pauses of 600 ms: a duration that dropped whole seconds would read under 1000.
+    assert 1200 <= float(match.group(1)) < 5000
+    assert len(re.findall(r"outcome=", server.log())) == 1
+
+
+def test_cloud_foundrys_gunicorn_cmd_args_keep_one_access_line_per_request(start_server):
+    server = start_server({"GUNICORN_CMD_ARGS": "--access-logfile -"})
+    request(server.port, "/streamhtml?nblocks=1")
+    server.wait_for_log(r"outcome=complete")
+    assert len(re.findall(r'"GET /streamhtml\?nblocks=1 HTTP/1.1" 200', server.log())) == 1
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("STREAMHTML_MAX_BLOCK_SIZE", "1MiB"),
+        ("STREAMHTML_MAX_SLEEP_MS", "-1"),
+        ("GUNICORN_THREADS", "0"),
+        ("WEB_CONCURRENCY", "65"),
+        ("PORT", "99999"),
+        ("LOG_LEVEL", "loud"),
+        ("GUNICORN_WORKER_CLASS", "eventlet"),
+    ],
+)
+def test_an_invalid_setting_stops_the_start_and_names_the_variable(start_server, variable, value):
+    server = start_server({variable: value}, wait=False)
+    assert server.process.wait(20) != 0
+    assert f"invalid setting: {variable}" in server.log()
+    assert "Traceback" not in server.log()
+
+
+def test_a_non_numeric_web_concurrency_stops_the_start_too(start_server):
+    # gunicorn parses WEB_CONCURRENCY itself, before our config runs, and says so in a traceback.
+    server = start_server({"WEB_CONCURRENCY": "two"}, wait=False)
+    assert server.process.wait(20) != 0
+    assert "WEB_CONCURRENCY" in server.log()
+
+
+AB_RUNS = [
+    ("-n 10 -c 2", "nblocks=16&block_size=1024", 10, 16 * 1024),
+    ("-n 100 -c 10", "nblocks=100&block_size=512", 100, 100 * 512),
+]
+
+
+@pytest.mark.parametrize("flags, query, requests, length", AB_RUNS)
+def test_the_samples_ab_load_tests_have_no_failures(server, flags, query, requests, length):
+    assert shutil.which("ab"), "make test installs ab (Debian's apache2-utils)"
+    url = f"http://127.0.0.1:{server.port}/streamhtml?{query}"
+    out = subprocess.run(
+        ["ab", *flags.split(), url], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert re.search(rf"Complete requests:\s+{requests}\b", out), out
+    assert re.search(r"Failed requests:\s+0\b", out), out
+    assert re.search(rf"Document Length:\s+{length} bytes", out), out
+    assert re.search(r"Non-2xx responses", out) is None, out
