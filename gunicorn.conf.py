@@ -5,10 +5,12 @@ The README lists each variable with its default.
 """
 
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from streamhtml import live  # noqa: E402
 from streamhtml.settings import SettingsError, load_server_settings, load_settings  # noqa: E402
 
 try:
@@ -26,7 +28,8 @@ workers = _server.workers
 # serves `threads` streams at once, so slow clients do not each hold a process. The sync worker
 # does neither: it is killed mid-stream after `timeout` and serves one client at a time.
 worker_class = _server.worker_class
-threads = _server.threads
+# gunicorn would quietly turn a sync worker with threads > 1 into gthread.
+threads = _server.threads if worker_class == "gthread" else 1
 # Enough connection slots for every thread plus idle keep-alive connections.
 worker_connections = max(1000, 2 * _server.threads)
 
@@ -47,3 +50,33 @@ capture_output = False
 # gunicorn 27's control socket is a file under $HOME that two instances on one host would share;
 # nothing here uses it, and the app writes no files at run time.
 control_socket_disable = True
+
+
+# Streams counted across workers (streamhtml/live.py): the master gives each worker a slot of
+# a shared page before forking it, and clears the slot when the worker exits, however it died.
+def pre_fork(server, worker):
+    live.assign_slot(worker)
+
+
+def post_fork(server, worker):
+    live.attach_worker(worker)
+
+
+def child_exit(server, worker):
+    live.release_slot(worker)
+
+
+# Streams still running this long after SIGTERM are cut, so the worker exits before the
+# arbiter's SIGKILL at graceful_timeout (itself under Cloud Foundry's 10 s).
+SHUTDOWN_MARGIN_S = 1.0
+
+
+def post_worker_init(worker):
+    gunicorn_on_term = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        live.begin_shutdown(max(0.0, graceful_timeout - SHUTDOWN_MARGIN_S))
+        gunicorn_on_term(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn had it: restart interrupted calls

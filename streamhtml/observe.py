@@ -3,14 +3,14 @@
 import logging
 import re
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
 
 log = logging.getLogger("streamhtml")
 
+# How a stream ended: every stream logs exactly one of these.
 COMPLETE = "complete"
 CLIENT_GONE = "client_gone"
+SHUTDOWN = "cut_by_shutdown"
 ERROR = "error"
 
 REQUEST_ID_HEADER = "X-Vcap-Request-Id"
@@ -37,67 +37,7 @@ def configure_logging(level: str) -> None:
     log.setLevel(level.upper())
 
 
-class MeteredStream:
-    """A WSGI body that counts what it hands out and records the outcome once, on close.
-
-    The server calls close() after the last chunk, or after a write fails because the client
-    left; either way the inner generator is closed so its cleanup runs and no more is made.
-    `stopped_early` says why the inner generator ended before its natural end, if it did.
-    """
-
-    __slots__ = (
-        "_chunks",
-        "_record",
-        "_stopped_early",
-        "_started",
-        "_closed",
-        "bytes_sent",
-        "outcome",
-    )
-
-    def __init__(
-        self,
-        chunks: Iterator[bytes],
-        record: Callable[["MeteredStream", float], None],
-        stopped_early: Callable[[], str | None] = lambda: None,
-    ):
-        self._chunks = chunks
-        self._record = record
-        self._stopped_early = stopped_early
-        self._started = time.perf_counter()
-        self._closed = False
-        self.bytes_sent = 0
-        self.outcome: str | None = None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> bytes:
-        try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            self.outcome = self._stopped_early() or COMPLETE
-            raise
-        except Exception:
-            self.outcome = ERROR
-            raise
-        self.bytes_sent += len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        close_inner = getattr(self._chunks, "close", None)
-        if close_inner is not None:
-            close_inner()
-        if self.outcome is None:
-            # Closed before the end: the server stopped iterating because a write failed.
-            self.outcome = self._stopped_early() or CLIENT_GONE
-        self._record(self, (time.perf_counter() - self._started) * 1000.0)
-
-
-def log_stream_outcome(path: str, req_id: str, stream: MeteredStream, duration_ms: float) -> None:
+def log_stream_outcome(path: str, req_id: str, stream, duration_ms: float) -> None:
     log.info(
         "stream path=%s outcome=%s bytes=%d duration_ms=%.1f request_id=%s",
         path,

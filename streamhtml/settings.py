@@ -64,7 +64,16 @@ LIMITS = {
     "max_csv_rows": IntSetting(
         "STREAMHTML_MAX_CSV_ROWS", 10_000_000, 1, 1_000_000_000, "largest rows for /large.csv"
     ),
+    "max_streams": IntSetting(
+        "STREAMHTML_MAX_STREAMS",
+        500,
+        1,
+        100_000,
+        "concurrent streams per instance, all workers together; more get 503",
+    ),
 }
+# Threads a worker keeps free of streams, so /health and refusals always find one.
+RESERVED_THREADS = 16
 
 SERVER = {
     "port": IntSetting("PORT", 8080, 1, 65_535, "TCP port, bound on 0.0.0.0"),
@@ -73,7 +82,7 @@ SERVER = {
         "GUNICORN_WORKER_CLASS", "gthread", WORKER_CLASSES, "gunicorn worker class"
     ),
     "threads": IntSetting(
-        "GUNICORN_THREADS", 256, 1, 4096, "threads per gthread worker = concurrent requests"
+        "GUNICORN_THREADS", 512, 1, 4096, "threads per gthread worker = concurrent requests"
     ),
     "timeout_s": IntSetting(
         "GUNICORN_TIMEOUT", 30, 1, 3600, "worker silent-for-this-long is restarted, seconds"
@@ -118,6 +127,7 @@ class Limits:
     max_sleep_ms: int = LIMITS["max_sleep_ms"].default
     max_stream_duration_s: int = LIMITS["max_stream_duration_s"].default
     max_csv_rows: int = LIMITS["max_csv_rows"].default
+    max_streams: int = LIMITS["max_streams"].default
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,8 @@ class Settings:
     limits: Limits = Limits()
     instance: Instance = Instance()
     log_level: str = "info"
+    # A worker admits at most this many streams, whatever the instance total.
+    max_streams_per_worker: int = SERVER["threads"].default - RESERVED_THREADS
 
 
 @dataclass(frozen=True)
@@ -169,7 +181,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         limits=Limits(**_read_table(LIMITS, environ)),
         instance=Instance(app_name=_app_name(environ), instance_index=_instance_index(environ)),
         log_level=_read(SERVER["log_level"], environ),
+        max_streams_per_worker=_streams_per_worker(environ),
     )
+
+
+def _streams_per_worker(environ: Mapping[str, str]) -> int:
+    if _read(SERVER["worker_class"], environ) != "gthread":
+        return 1  # a sync worker serves one request at a time
+    return max(1, _read(SERVER["threads"], environ) - RESERVED_THREADS)
 
 
 def load_server_settings(environ: Mapping[str, str] | None = None) -> ServerSettings:

@@ -1,13 +1,12 @@
 """The Flask app: thin routes over the generators, one JSON error shape, the per-request hook."""
 
 import os
-from collections.abc import Iterator
 from functools import partial
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from . import __version__, observe
+from . import __version__, live, observe
 from .connection import ClientWatcher
 from .generators import csv_chunks, html_blocks, paced
 from .params import BadParameter, parse_csv_request, parse_stream_request
@@ -20,6 +19,7 @@ STREAM_HEADERS = {
     # nginx and similar proxies pass blocks through as they come, even with gzip on.
     "X-Accel-Buffering": "no",
 }
+RETRY_AFTER_S = 1
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -30,6 +30,10 @@ routes = Blueprint("streamhtml", __name__)
 
 def settings() -> Settings:
     return current_app.extensions["streamhtml"]
+
+
+def tracker() -> live.Tracker:
+    return current_app.extensions["streamhtml.tracker"]
 
 
 def get(rule: str):
@@ -53,6 +57,7 @@ def health():
         version=__version__,
         instance_index=instance.instance_index,
         pid=os.getpid(),
+        streams_in_progress=tracker().instance_live(),
     )
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -67,31 +72,44 @@ def streamhtml():
     watcher = ClientWatcher(request.environ.get("gunicorn.socket"))
     if wanted.sleep_ms:
         blocks = paced(blocks, partial(watcher.pause, wanted.sleep_ms / 1000.0))
-    return stream_response(metered(blocks, watcher), "text/html; charset=utf-8")
+    return stream_response(blocks, "text/html; charset=utf-8", watcher)
 
 
 @get("/large.csv")
 def large_csv():
     wanted = parse_csv_request(request.args, settings().limits)
-    body = iter(()) if request.method == "HEAD" else metered(csv_chunks(wanted.rows, wanted.seed))
-    response = stream_response(body, "text/csv; charset=utf-8")
+    rows = iter(()) if request.method == "HEAD" else csv_chunks(wanted.rows, wanted.seed)
+    response = stream_response(rows, "text/csv; charset=utf-8")
     response.headers["Content-Disposition"] = 'attachment; filename="large.csv"'
     return response
 
 
-def metered(chunks: Iterator[bytes], watcher: ClientWatcher | None = None):
-    record = partial(observe.log_stream_outcome, request.path, g.request_id)
-    if watcher is None:
-        return observe.MeteredStream(chunks, record)
-    return observe.MeteredStream(chunks, record, lambda: watcher.outcome)
-
-
-def stream_response(body, content_type: str) -> Response:
+def stream_response(chunks, content_type: str, watcher: ClientWatcher | None = None) -> Response:
+    """A streamed response, or a 503 when the instance is at capacity."""
+    if request.method != "HEAD":
+        record = partial(observe.log_stream_outcome, request.path, g.request_id)
+        stopped_early = (lambda: watcher.outcome) if watcher else (lambda: None)
+        chunks = live.LiveStream(
+            chunks, request.environ.get("gunicorn.socket"), record, stopped_early
+        )
+        if not chunks.admit_to(tracker()):
+            return over_capacity()
     # direct_passthrough hands our iterable to gunicorn as is: no per-chunk wrapper in between,
     # and gunicorn frames each item as one HTTP chunk.
     return Response(
-        body, content_type=content_type, headers=STREAM_HEADERS, direct_passthrough=True
+        chunks, content_type=content_type, headers=STREAM_HEADERS, direct_passthrough=True
     )
+
+
+def over_capacity() -> Response:
+    response = error_response(
+        503,
+        "over capacity",
+        f"this instance is serving its maximum of {settings().limits.max_streams} concurrent "
+        f"streams (STREAMHTML_MAX_STREAMS); retry in {RETRY_AFTER_S} s",
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def error_response(status: int, error: str, detail: str, **extra) -> Response:
@@ -130,6 +148,9 @@ def create_app(app_settings: Settings | None = None) -> Flask:
     # Flask reads FLASK_DEBUG from the environment; no setting may turn on the debugger.
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TESTING=False)
     app.extensions["streamhtml"] = app_settings
+    app.extensions["streamhtml.tracker"] = live.new_tracker(
+        app_settings.limits.max_streams, app_settings.max_streams_per_worker
+    )
     observe.configure_logging(app_settings.log_level)
     app.register_blueprint(routes)
     app.register_error_handler(BadParameter, bad_parameter)

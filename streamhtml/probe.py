@@ -1,0 +1,517 @@
+"""Does this route stream? Ask /streamhtml for paced blocks and time their arrival.
+
+    python -m streamhtml.probe https://streamhtml.apps.example.com
+    python -m streamhtml.probe http://127.0.0.1:8080 --nblocks 20 --sleep-ms 500
+
+The service sends block after block with `sleep_ms` between them. When every hop passes the
+stream through, the blocks arrive with those pauses; when something on the way (a proxy, a
+load balancer, a compressing filter) buffers it, they arrive bunched together, usually in one
+burst at the end. The probe prints the time to first byte, the arrival timeline, the
+throughput and a verdict: STREAMS (exit 0) or BUFFERED (exit 1). Errors exit 2 with one line;
+UNKNOWN (exit 3) means the pacing asked for is too short to judge.
+
+Standard library only, Python 3.10 or newer, no Flask: copy this one file to a jump box and run
+it there (`python3 probe.py URL`) if the package is not installed.
+"""
+
+import argparse
+import http.client
+import json
+import math
+import socket
+import ssl
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+try:
+    from . import __version__
+except ImportError:  # run as a lone file: python3 probe.py URL
+    __version__ = "standalone"
+
+DEFAULT_NBLOCKS = 10
+DEFAULT_BLOCK_SIZE = 1024
+DEFAULT_SLEEP_MS = 300
+
+STREAMS = "STREAMS"
+BUFFERED = "BUFFERED"
+UNKNOWN = "UNKNOWN"
+EXIT_CODES = {STREAMS: 0, BUFFERED: 1, UNKNOWN: 3}
+EXIT_ERROR = 2
+
+# The verdict's thresholds. A pause between two blocks "came through" when the second block
+# completed at least half a pause after the first; jitter of less than half a pause is normal.
+MIN_SLEEP_MS = 50  # shorter pauses drown in network jitter: nothing to judge
+PAUSE_SEEN = 0.5  # share of sleep_ms between two blocks' arrivals for the pause to count
+MOST = 0.5  # more than this share of the pauses missing: the blocks came bunched
+SHORT_SPREAD = 0.5  # arrivals spread over less than this share of the paced duration
+SLOW_START_S = 1.0  # a first byte later than this (and late for the pacing) is worth a note
+
+# One arrival: (seconds since the request was sent, body bytes that arrived then).
+Arrival = tuple[float, int]
+
+
+class ProbeError(Exception):
+    """Anything that stops the probe before a verdict: reported as one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """What the probe asked for, so what a stream passed through untouched looks like."""
+
+    nblocks: int
+    block_size: int
+    sleep_ms: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.nblocks * self.block_size
+
+    @property
+    def spread_s(self) -> float:
+        """Seconds from the first block to the last: the service pauses only between blocks."""
+        return max(self.nblocks - 1, 0) * self.sleep_ms / 1000.0
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The arrivals summed up; times are seconds since the request was sent."""
+
+    first_byte_s: float
+    last_byte_s: float
+    total_bytes: int
+    reads: int
+    # When each block had fully arrived, judged by share of the bytes (so it also works for
+    # compressed byte counts): block k is complete once (k + 1) / nblocks of the bytes are in.
+    block_times: tuple[float, ...]
+    largest_gap_s: float
+    largest_gap_at_s: float
+    # The most bytes that arrived within half a pause, and when that burst ended.
+    burst_bytes: int
+    burst_at_s: float
+
+    @property
+    def spread_s(self) -> float:
+        return self.last_byte_s - self.first_byte_s
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: str
+    reasons: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.state]
+
+
+def summarize(arrivals: Sequence[Arrival], pacing: Pacing) -> Timeline:
+    arrivals = sorted((t, n) for t, n in arrivals if n > 0)
+    if not arrivals:
+        return Timeline(0.0, 0.0, 0, 0, (), 0.0, 0.0, 0, 0.0)
+    total = sum(n for _, n in arrivals)
+    block_times, received, k = [], 0, 0
+    for t, n in arrivals:
+        received += n
+        # Integer arithmetic: block k is in once received * nblocks >= total * (k + 1).
+        while k < pacing.nblocks and received * pacing.nblocks >= total * (k + 1):
+            block_times.append(t)
+            k += 1
+    gap, gap_at = 0.0, arrivals[0][0]
+    for (before, _), (t, _) in zip(arrivals, arrivals[1:]):
+        if t - before > gap:
+            gap, gap_at = t - before, t
+    window = pacing.sleep_ms / 2000.0
+    burst, burst_at, start, in_window = 0, arrivals[0][0], 0, 0
+    for t, n in arrivals:
+        in_window += n
+        while t - arrivals[start][0] > window:
+            in_window -= arrivals[start][1]
+            start += 1
+        if in_window > burst:
+            burst, burst_at = in_window, t
+    return Timeline(
+        first_byte_s=arrivals[0][0],
+        last_byte_s=arrivals[-1][0],
+        total_bytes=total,
+        reads=len(arrivals),
+        block_times=tuple(block_times),
+        largest_gap_s=gap,
+        largest_gap_at_s=gap_at,
+        burst_bytes=burst,
+        burst_at_s=burst_at,
+    )
+
+
+def judge(arrivals: Sequence[Arrival], pacing: Pacing) -> Verdict:
+    """STREAMS, BUFFERED or UNKNOWN, with the reasons, from arrival times alone.
+
+    A stream passed through untouched shows the service's pauses: its blocks arrive about
+    `sleep_ms` apart, over about (nblocks - 1) x sleep_ms. Something that buffers cannot
+    recreate those pauses: its blocks arrive bunched, over a shorter time. A late first byte
+    alone is not buffering (a slow route is slow for every byte); it gets a note.
+    """
+    if pacing.nblocks < 2 or pacing.sleep_ms < MIN_SLEEP_MS:
+        return Verdict(
+            UNKNOWN,
+            (
+                f"nblocks={pacing.nblocks} and sleep_ms={pacing.sleep_ms} leave no pauses to "
+                f"look for: use at least 2 blocks and {MIN_SLEEP_MS} ms",
+            ),
+        )
+    line = summarize(arrivals, pacing)
+    if line.total_bytes == 0:
+        return Verdict(UNKNOWN, ("no body bytes arrived",))
+    sleep_s = pacing.sleep_ms / 1000.0
+    pauses = pacing.nblocks - 1
+    seen = sum(
+        1 for before, t in zip(line.block_times, line.block_times[1:]) if t - before >= sleep_s / 2
+    )
+    spread = (
+        f"the bytes arrived over {line.spread_s:.2f} s; "
+        f"paced, they take {pacing.spread_s:.2f} s ({pauses} pauses of {pacing.sleep_ms} ms)"
+    )
+    missing = pauses - seen
+    buffered = []
+    if missing > MOST * pauses:
+        buffered.append(
+            f"{missing} of the {pauses} pauses between blocks were missing: "
+            "the blocks arrived bunched together"
+        )
+    if line.spread_s < SHORT_SPREAD * pacing.spread_s:
+        buffered.append(spread)
+    if line.burst_bytes * 2 > line.total_bytes:
+        buffered.append(
+            f"{percent(line.burst_bytes, line.total_bytes)} of the bytes arrived in one burst, "
+            f"within {pacing.sleep_ms // 2} ms, ending {line.burst_at_s:.2f} s after the request"
+        )
+    late = line.first_byte_s > max(SLOW_START_S, SHORT_SPREAD * pacing.spread_s)
+    if buffered:
+        if late:
+            buffered.append(
+                f"the first byte came only after {line.first_byte_s:.2f} s, "
+                "held back with the rest"
+            )
+        return Verdict(BUFFERED, tuple(buffered))
+    reasons = [f"{seen} of the {pauses} pauses between blocks came through", spread]
+    if late:
+        reasons.append(
+            f"note: the first byte took {line.first_byte_s:.2f} s, a slow start, "
+            "but the pauses after it came through"
+        )
+    return Verdict(STREAMS, tuple(reasons))
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+# --- the request -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str  # with the query
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        netloc = host if self.port == default else f"{host}:{self.port}"
+        return f"{self.scheme}://{netloc}{self.path}"
+
+
+def target_for(url: str, nblocks=None, block_size=None, sleep_ms=None) -> tuple[Target, Pacing]:
+    """The /streamhtml request to make from a route (https://host) or a full /streamhtml URL.
+
+    Each of nblocks, block_size and sleep_ms comes from the option when given, else from the
+    URL's query, else from the default; any other query parameter is kept.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProbeError(f"not an http:// or https:// URL: {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise ProbeError(f"bad port in {url!r}: {error}") from None
+    path = parts.path.rstrip("/")
+    if not path.endswith("/streamhtml"):
+        path += "/streamhtml"
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    given = {"nblocks": nblocks, "block_size": block_size, "sleep_ms": sleep_ms}
+    defaults = {
+        "nblocks": DEFAULT_NBLOCKS,
+        "block_size": DEFAULT_BLOCK_SIZE,
+        "sleep_ms": DEFAULT_SLEEP_MS,
+    }
+    for name, value in given.items():
+        if value is None:
+            value = query.get(name, defaults[name])
+        if not str(value).isdigit() or not str(value).isascii():
+            raise ProbeError(f"{name} in the URL must be a whole number, not {value!r}")
+        query[name] = int(value)
+    pacing = Pacing(query["nblocks"], query["block_size"], query["sleep_ms"])
+    target = Target(parts.scheme, parts.hostname, port, f"{path}?{urlencode(query)}")
+    return target, pacing
+
+
+@dataclass(frozen=True)
+class Measurement:
+    status_line: str
+    framing: str
+    encoding: str
+    connect_s: float
+    head_s: float  # from the request sent to the response head
+    wire_first_byte_s: float | None
+    arrivals: tuple[Arrival, ...]  # body bytes, decoded when compressed with gzip or deflate
+    wire_bytes: int
+    body_bytes: int
+    decoded: bool
+
+
+def measure(target: Target, timeout_s: float, insecure: bool = False) -> Measurement:
+    """GET the target once and time every read of the body as it comes off the socket."""
+    if target.scheme == "https":
+        context = ssl.create_default_context()
+        if insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        connection = http.client.HTTPSConnection(
+            target.host, target.port, timeout=timeout_s, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout_s)
+    try:
+        started = time.monotonic()
+        connection.connect()
+        connected = time.monotonic()
+        connection.putrequest("GET", target.path, skip_accept_encoding=True)
+        # As a browser would: a compressing proxy then compresses, and may buffer to do so.
+        connection.putheader("Accept-Encoding", "gzip")
+        connection.putheader("Accept", "text/html")
+        connection.putheader("Cache-Control", "no-cache")
+        connection.putheader("User-Agent", f"streamhtml-probe/{__version__}")
+        connection.endheaders()
+        sent = time.monotonic()
+        response = connection.getresponse()
+        head = time.monotonic()
+        if response.status != 200:
+            raise ProbeError(
+                f"HTTP {response.status} {response.reason} from {target.url}"
+                f"{error_detail(response.read(4096))}"
+            )
+        encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+        decoder = {
+            "gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
+            "x-gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
+            "deflate": lambda: zlib.decompressobj(),
+        }.get(encoding, lambda: None)()
+        arrivals, wire_bytes, body_bytes, wire_first = [], 0, 0, None
+        while True:
+            try:
+                data = response.read1(65536)
+            except http.client.IncompleteRead as error:
+                raise ProbeError(
+                    f"the stream was cut after {wire_bytes + len(error.partial)} bytes "
+                    f"from {target.url}"
+                ) from None
+            now = time.monotonic() - sent
+            if not data:
+                break
+            wire_first = now if wire_first is None else wire_first
+            wire_bytes += len(data)
+            try:
+                count = len(decoder.decompress(data)) if decoder else len(data)
+            except zlib.error as error:
+                raise ProbeError(f"cannot decode the {encoding} body: {error}") from None
+            body_bytes += count
+            if count:
+                arrivals.append((now, count))
+        if decoder:
+            body_bytes += len(decoder.flush())
+        return Measurement(
+            status_line=f"HTTP/{response.version / 10:.1f} {response.status} {response.reason}",
+            framing="chunked"
+            if (response.getheader("Transfer-Encoding") or "").lower() == "chunked"
+            else "length" if response.getheader("Content-Length") else "until close",
+            encoding=encoding,
+            connect_s=connected - started,
+            head_s=head - sent,
+            wire_first_byte_s=wire_first,
+            arrivals=tuple(arrivals),
+            wire_bytes=wire_bytes,
+            body_bytes=body_bytes,
+            decoded=decoder is not None or encoding == "identity",
+        )
+    finally:
+        connection.close()
+
+
+def error_detail(body: bytes) -> str:
+    """The service's JSON `detail` (why a 400), else the start of whatever the body says."""
+    text = body.decode("utf-8", "replace")
+    try:
+        detail = json.loads(text).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    detail = " ".join(str(detail or text).split())[:200]
+    return f": {detail}" if detail else ""
+
+
+def network_error(error: BaseException, target: Target, timeout_s: float) -> str:
+    where = f"{target.host}:{target.port}"
+    if isinstance(error, ConnectionRefusedError):
+        return f"connection refused by {where}"
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve {target.host}: {error.strerror}"
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return f"no answer from {where} within {timeout_s:.0f} s"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS certificate of {where} not trusted: {error.verify_message} (--insecure skips)"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS with {where} failed: {error.reason or error}"
+    if isinstance(error, http.client.RemoteDisconnected):
+        return f"{where} closed the connection without an answer"
+    if isinstance(error, http.client.HTTPException):
+        return f"bad HTTP from {where}: {type(error).__name__} {error}"
+    return f"{where}: {getattr(error, 'strerror', None) or error}"
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def rate(nbytes: int, seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    per_s = nbytes / seconds
+    for unit in ("B/s", "KiB/s", "MiB/s"):
+        if per_s < 1024 or unit == "MiB/s":
+            return f"{per_s:.1f} {unit}"
+        per_s /= 1024
+    raise AssertionError("unreachable")
+
+
+def histogram(arrivals: Sequence[Arrival], pacing: Pacing, width: int = 40) -> list[str]:
+    """Bytes per time bucket from the request: one bucket per pause when that fits in 30."""
+    if not arrivals:
+        return []
+    end = max(t for t, _ in arrivals)
+    bucket = pacing.sleep_ms / 1000.0
+    if bucket <= 0 or end / bucket > 30:
+        bucket = max(end / 30, 0.001)
+    counts = [0] * (int(end / bucket) + 1)
+    for t, n in arrivals:
+        counts[int(t / bucket)] += n
+    top = max(counts)
+    digits = len(str(top))
+    lines = [f"timeline: bytes arrived per {ms(bucket)}, from the request"]
+    for index, count in enumerate(counts):
+        bar = "#" * math.ceil(width * count / top) if count else "."
+        lines.append(f"  {index * bucket:7.2f} s  {count:>{digits}}  {bar}")
+    return lines
+
+
+def report(target: Target, pacing: Pacing, found: Measurement, verdict: Verdict) -> str:
+    line = summarize(found.arrivals, pacing)
+    compressed = "" if found.encoding == "identity" else f", {found.encoding}"
+    counted = "" if found.decoded else f" (counted as sent: cannot decode {found.encoding})"
+    lines = [
+        f"probe    GET {target.url}",
+        f"expects  {pacing.nblocks} blocks of {pacing.block_size} bytes, {pacing.sleep_ms} ms "
+        f"apart: {pacing.total_bytes} bytes over {pacing.spread_s:.2f} s",
+        "",
+        f"connect        {ms(found.connect_s):>9}",
+        f"response head  {ms(found.head_s):>9}   {found.status_line}, {found.framing}{compressed}",
+        f"first byte     {ms(line.first_byte_s):>9}   time to first byte of the body",
+        f"last byte      {ms(line.last_byte_s):>9}",
+        f"body           {found.body_bytes} bytes in {line.reads} reads, "
+        f"{found.wire_bytes} bytes on the wire{counted}",
+        f"throughput     {rate(found.wire_bytes, line.spread_s)} on the wire, first to last "
+        f"byte; {rate(found.wire_bytes, line.last_byte_s)} from the request",
+        f"largest gap    {ms(line.largest_gap_s):>9}   before the read at "
+        f"{line.largest_gap_at_s:.2f} s",
+    ]
+    if pacing.sleep_ms:
+        lines.append(
+            f"largest burst  {percent(line.burst_bytes, line.total_bytes):>9}   of the bytes "
+            f"within {pacing.sleep_ms // 2} ms, ending at {line.burst_at_s:.2f} s"
+        )
+    else:
+        lines.append("               (sleep_ms=0: the throughput is the path's, unpaced)")
+    lines += ["", *histogram(found.arrivals, pacing), ""]
+    lines.append(f"verdict: {verdict.state}")
+    lines += [f"  - {reason}" for reason in verdict.reasons]
+    return "\n".join(lines)
+
+
+def whole_number(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(text)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m streamhtml.probe",
+        description="Stream paced blocks from a streamhtml route and tell whether anything on "
+        "the way buffers them.",
+        epilog="Exit status: 0 STREAMS, 1 BUFFERED, 2 error, 3 UNKNOWN (pacing too short).",
+    )
+    parser.add_argument("url", help="the route (https://host) or a full .../streamhtml URL")
+    parser.add_argument("--nblocks", type=whole_number, help=f"default {DEFAULT_NBLOCKS}")
+    parser.add_argument("--block-size", type=whole_number, help=f"default {DEFAULT_BLOCK_SIZE}")
+    parser.add_argument(
+        "--sleep-ms", type=whole_number, help=f"pause between blocks, default {DEFAULT_SLEEP_MS}"
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="seconds to wait on the network; default the pacing + 30"
+    )
+    parser.add_argument(
+        "-k", "--insecure", action="store_true", help="do not verify the TLS certificate"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        target, pacing = target_for(args.url, args.nblocks, args.block_size, args.sleep_ms)
+    except ProbeError as error:
+        print(f"probe: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    timeout_s = args.timeout if args.timeout else pacing.spread_s + 30.0
+    try:
+        found = measure(target, timeout_s, args.insecure)
+    except ProbeError as error:
+        print(f"probe: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, http.client.HTTPException) as error:
+        print(f"probe: error: {network_error(error, target, timeout_s)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    if found.decoded and found.body_bytes != pacing.total_bytes:
+        print(
+            f"probe: error: expected {pacing.total_bytes} bytes, got {found.body_bytes} from "
+            f"{target.url}: is it a streamhtml route?",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    verdict = judge(found.arrivals, pacing)
+    print(report(target, pacing, found, verdict))
+    return verdict.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
