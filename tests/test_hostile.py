@@ -1,0 +1,132 @@
+"""Hostile input on the wire: fuzzed queries, oversized requests, reflection attempts."""
+
+import json
+import socket
+from urllib.parse import quote
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import read_body, read_head, request, send_request
+
+ENDPOINTS = ["/", "/health", "/streamhtml", "/large.csv", "/nowhere", "/streamhtml/"]
+PARAMETERS = ["nblocks", "block_size", "sleep_ms", "use_static_data", "rows", "seed"]
+# What a server must never show a client: tracebacks, file paths, module names.
+LEAKS = [b"Traceback", b'File "', b".py", b"werkzeug", b"streamhtml/"]
+
+numbers = st.integers(min_value=-(10**15), max_value=10**15).map(str)
+weird = st.sampled_from(
+    ["", " ", "+1", "1e9", "0x1", "1_0", "\u0663", "\uff11", "NaN", "<script>", "%00", "1;2"]
+)
+values = st.one_of(numbers, weird, st.text(max_size=20))
+queries = st.lists(
+    st.tuples(st.one_of(st.sampled_from(PARAMETERS), st.text(max_size=8)), values), max_size=5
+)
+
+
+class Connection:
+    """One keep-alive connection, reopened when the server closes it."""
+
+    def __init__(self, port):
+        self.port = port
+        self.sock = None
+
+    def get(self, method, path):
+        for _ in range(2):
+            try:
+                if self.sock is None:
+                    self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+                    self.reader = self.sock.makefile("rb")
+                send_request(self.sock, path, method)
+                reply = read_body(self.reader, read_head(self.reader), method)
+                if (reply.header("Connection") or "").lower() == "close":
+                    self.close()
+                return reply
+            except (ConnectionError, OSError):
+                self.close()
+        raise ConnectionError(f"no answer for {method} {path}")
+
+    def close(self):
+        if self.sock is not None:
+            self.reader.close()
+            self.sock.close()
+            self.sock = None
+
+
+def test_thousands_of_fuzzed_requests_get_no_5xx_and_no_internals(small_server):
+    connection = Connection(small_server.port)
+    statuses = {}
+
+    @settings(
+        max_examples=2500,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(
+        method=st.one_of(  # mostly GET, so most cases reach the parameter parsing
+            st.just("GET"), st.sampled_from(["HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+        ),
+        endpoint=st.sampled_from(ENDPOINTS),
+        query=queries,
+    )
+    def check(method, endpoint, query):
+        encoded = "&".join(
+            f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in query
+        )
+        path = f"{endpoint}?{encoded}" if encoded else endpoint
+        reply = connection.get(method, path)
+        statuses[reply.status] = statuses.get(reply.status, 0) + 1
+        assert reply.status < 500, (path, reply.body[:300])
+        for leak in LEAKS:
+            assert leak not in reply.body, (path, leak)
+        if reply.status >= 400 and method != "HEAD":
+            assert reply.header("Content-Type") == "application/json"
+            assert set(json.loads(reply.body)) >= {"status", "error", "detail"}
+
+    try:
+        check()
+    finally:
+        connection.close()
+    print(f"fuzzed statuses: {dict(sorted(statuses.items()))}")
+    assert statuses.get(200, 0) and statuses.get(400, 0), "the fuzzer missed whole classes"
+    assert request(small_server.port, "/health").status == 200
+
+
+def raw_status(port: int, data: bytes) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        return int(sock.makefile("rb").readline().split()[1])
+
+
+def test_oversized_requests_get_gunicorns_4xx_and_the_server_keeps_serving(server):
+    oversized = {
+        "request line": b"GET /streamhtml?x=" + b"a" * 8000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
+        "one header": b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+        "many headers": b"GET / HTTP/1.1\r\nHost: t\r\n"
+        + b"".join(b"X-%d: y\r\n" % n for n in range(150))
+        + b"\r\n",
+        "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n",
+    }
+    for name, data in oversized.items():
+        status = raw_status(server.port, data)
+        assert 400 <= status < 500, name
+    assert request(server.port, "/streamhtml?nblocks=2").status == 200
+
+
+def test_nothing_from_the_request_is_reflected_unescaped(server):
+    marker = "<script>alert(1)</script>"
+    replies = [
+        request(server.port, f"/streamhtml?nblocks={quote(marker)}"),
+        request(server.port, f"/{quote(marker)}"),
+        request(server.port, "/", headers={"Host": marker.replace(" ", "")}),
+        request(server.port, "/health", headers={"X-Vcap-Request-Id": marker}),
+    ]
+    for reply in replies:
+        assert b"<script>" not in reply.body
+        assert all("<" not in value for _, value in reply.headers)
+
+
+def test_a_newline_cannot_be_smuggled_into_a_header(server):
+    reply = request(server.port, "/health", headers={"X-Vcap-Request-Id": "abc%0d%0aSet-Cookie:x"})
+    assert reply.header("Set-Cookie") is None
+    assert "%0d" not in reply.header("X-Vcap-Request-Id")
