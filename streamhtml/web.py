@@ -1,6 +1,7 @@
 """The Flask app: thin routes over the generators, one JSON error shape, the per-request hook."""
 
 import os
+from dataclasses import asdict
 from functools import partial
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
@@ -58,6 +59,22 @@ def health():
         instance_index=instance.instance_index,
         pid=os.getpid(),
         streams_in_progress=tracker().instance_live(),
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@get("/info")
+def info():
+    """What a person hitting a scaled route needs: which instance answered, and its limits."""
+    current = settings()
+    response = jsonify(
+        app=current.instance.app_name,
+        version=__version__,
+        instance_index=current.instance.instance_index,
+        pid=os.getpid(),
+        streams_in_progress=tracker().instance_live(),
+        limits={**asdict(current.limits), "max_streams_per_worker": current.max_streams_per_worker},
     )
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -52,3 +52,11 @@ def test_a_request_id_that_is_not_an_id_is_replaced(client):
 def test_the_page_escapes_the_host_it_shows(client):
     reply = client.get("/", headers={"Host": 'evil"><script>x</script>'})
     assert b"<script>" not in reply.data
+
+
+def test_info_reports_the_instance_and_the_limits_in_force(client):
+    body = client.get("/info").json
+    assert body["app"] == "streamhtml" and body["version"]
+    assert body["limits"]["max_block_size"] == 4096
+    assert body["limits"]["max_streams"] == 500
+    assert body["streams_in_progress"] == 0
