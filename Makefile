@@ -20,9 +20,13 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 run: $(VENV)/.runtime
 	PATH="$(BIN):$$PATH" bash -c '$(WEB_COMMAND)'
 
-# Debian tools the wire tests drive; installed only when missing.
+# Debian tools the wire tests drive (ab; nginx as a stand-in router and proxy), installed
+# only when missing.
+APT_TOOLS := $(shell command -v ab >/dev/null || echo apache2-utils) \
+	$(shell PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || echo nginx-light)
 tools:
-	@command -v ab >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq apache2-utils; }
+	@[ -z "$(strip $(APT_TOOLS))" ] || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq $(APT_TOOLS); }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
