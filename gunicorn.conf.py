@@ -5,12 +5,23 @@ The README lists each variable with its default.
 """
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from streamhtml import live  # noqa: E402
+# prometheus_client picks multiprocess mode from this variable when it is first imported, so it
+# is set before anything imports it; workers inherit it. The directory is the one thing the
+# app writes at run time, a fresh one in the temp dir per server start, removed on exit.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streamhtml-metrics-")
+    _metrics_dir_made_here = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+else:
+    _metrics_dir_made_here = None
+
+from streamhtml import live, logs, metrics  # noqa: E402
 from streamhtml.settings import SettingsError, load_server_settings, load_settings  # noqa: E402
 
 try:
@@ -41,10 +52,14 @@ graceful_timeout = _server.graceful_timeout_s
 keepalive = _server.keepalive_s
 backlog = _server.backlog
 
+# One line per request, in one shape with gunicorn's own records (streamhtml/logs.py).
+# Cloud Foundry's buildpack sets GUNICORN_CMD_ARGS="--access-logfile -": gunicorn applies it,
+# then logconfig_dict replaces its handlers, so the lines keep this shape and are not doubled.
 loglevel = _server.log_level
 errorlog = "-"
-# Cloud Foundry's buildpack sets GUNICORN_CMD_ARGS="--access-logfile -", which says the same.
-accesslog = "-" if _server.access_log else None
+accesslog = "-"
+logger_class = logs.RequestLogger
+logconfig_dict = logs.logconfig_dict(_server.log_format, _server.log_level)
 capture_output = False
 
 # gunicorn 27's control socket is a file under $HOME that two instances on one host would share;
@@ -64,6 +79,12 @@ def post_fork(server, worker):
 
 def child_exit(server, worker):
     live.release_slot(worker)
+    metrics.mark_worker_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir_made_here:
+        shutil.rmtree(_metrics_dir_made_here, ignore_errors=True)
 
 
 # Streams still running this long after SIGTERM are cut, so the worker exits before the

@@ -11,12 +11,14 @@ import logging
 import mmap
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 from .observe import CLIENT_GONE, COMPLETE, ERROR, SHUTDOWN
 
 log = logging.getLogger("streamhtml")
+
+# Where a response's LiveStream sits in the WSGI environ, for the request log.
+STREAM_ENVIRON_KEY = "streamhtml.stream"
 
 MAX_SLOTS = 256  # workers alive at once, old and new ones included during a reload
 _SLOT_BYTES = 8
@@ -55,6 +57,7 @@ class Tracker:
         self._live: dict[int, object] = {}
         self._shutdown_timer: threading.Timer | None = None
         self.shutting_down = False
+        self._grace_over = False
 
     def _instance_total(self) -> int:
         if self._slot is None:
@@ -64,7 +67,9 @@ class Tracker:
     def admit(self, stream) -> bool:
         """Count `stream` in, or refuse it when the instance or this worker is full."""
         with self._lock:
-            if self.shutting_down:
+            # A worker told to stop may still take a request it had already accepted (a
+            # reload retires workers this way): serve it until the grace runs out.
+            if self._grace_over:
                 return False
             if len(self._live) >= self.max_streams_here:
                 return False
@@ -105,6 +110,7 @@ class Tracker:
 
     def cut_all(self) -> None:
         with self._lock:
+            self._grace_over = True
             streams = list(self._live.values())
         for stream in streams:
             stream.cut()
@@ -143,7 +149,7 @@ def begin_shutdown(grace_s: float) -> None:
 
 
 class LiveStream:
-    """A WSGI body that counts what it hands out and records its outcome once, on close.
+    """A WSGI body that counts what it hands out and knows how it ended.
 
     gunicorn calls close() after the last chunk, or after a write fails because the client
     left; either way the inner generator is closed, so its cleanup runs and no more is made.
@@ -153,10 +159,9 @@ class LiveStream:
     __slots__ = (
         "_chunks",
         "_sock",
-        "_record",
+        "_on_close",
         "_stopped_early",
         "_tracker",
-        "_started",
         "_closed",
         "_cut",
         "bytes_sent",
@@ -167,15 +172,14 @@ class LiveStream:
         self,
         chunks: Iterator[bytes],
         sock: socket.socket | None,
-        record: Callable[["LiveStream", float], None],
+        on_close: Callable[[], None] = lambda: None,
         stopped_early: Callable[[], str | None] = lambda: None,
     ):
         self._chunks = chunks
         self._sock = sock
-        self._record = record
+        self._on_close = on_close
         self._stopped_early = stopped_early
         self._tracker: Tracker | None = None
-        self._started = time.perf_counter()
         self._closed = False
         self._cut: str | None = None
         self.bytes_sent = 0
@@ -207,6 +211,13 @@ class LiveStream:
         self._cut = SHUTDOWN
         shut_socket(self._sock)
 
+    def settled_outcome(self) -> str:
+        """How the stream ended, once the server has stopped iterating it."""
+        if self.outcome is None or self._cut:
+            # Stopped before the end: a write failed because the client left, or we cut it.
+            return self._cut or self._stopped_early() or CLIENT_GONE
+        return self.outcome
+
     def close(self) -> None:
         if self._closed:
             return
@@ -215,10 +226,8 @@ class LiveStream:
             close_inner = getattr(self._chunks, "close", None)
             if close_inner is not None:
                 close_inner()
-            if self.outcome is None or self._cut:
-                # Closed before the end: a write failed because the client left, or we cut it.
-                self.outcome = self._cut or self._stopped_early() or CLIENT_GONE
-            self._record(self, (time.perf_counter() - self._started) * 1000.0)
+            self.outcome = self.settled_outcome()
+            self._on_close()
         finally:
             if self._tracker is not None:
                 self._tracker.release(self)

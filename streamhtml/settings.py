@@ -12,6 +12,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
 # gthread serves many streams per worker and keeps long streams alive past `timeout`;
 # sync is offered for comparison only (one client per worker, streams cut at `timeout`).
 WORKER_CLASSES = ("gthread", "sync")
@@ -95,7 +96,9 @@ SERVER = {
     ),
     "backlog": IntSetting("GUNICORN_BACKLOG", 2048, 1, 65_535, "listen queue length"),
     "log_level": ChoiceSetting("LOG_LEVEL", "info", LOG_LEVELS, "log level"),
-    "access_log": IntSetting("ACCESS_LOG", 1, 0, 1, "1: gunicorn access log on stdout"),
+    "log_format": ChoiceSetting(
+        "LOG_FORMAT", "json", LOG_FORMATS, "json lines for Cloud Foundry, or text for a terminal"
+    ),
 }
 
 
@@ -142,7 +145,6 @@ class Instance:
 class Settings:
     limits: Limits = Limits()
     instance: Instance = Instance()
-    log_level: str = "info"
     # A worker admits at most this many streams, whatever the instance total.
     max_streams_per_worker: int = SERVER["threads"].default - RESERVED_THREADS
 
@@ -158,7 +160,7 @@ class ServerSettings:
     keepalive_s: int
     backlog: int
     log_level: str
-    access_log: int
+    log_format: str
 
 
 def _app_name(environ: Mapping[str, str]) -> str:
@@ -180,7 +182,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         limits=Limits(**_read_table(LIMITS, environ)),
         instance=Instance(app_name=_app_name(environ), instance_index=_instance_index(environ)),
-        log_level=_read(SERVER["log_level"], environ),
         max_streams_per_worker=_streams_per_worker(environ),
     )
 

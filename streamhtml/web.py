@@ -7,7 +7,7 @@ from functools import partial
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from . import __version__, live, observe
+from . import __version__, live, metrics, observe
 from .connection import ClientWatcher
 from .generators import csv_chunks, html_blocks, paced
 from .params import BadParameter, parse_csv_request, parse_stream_request
@@ -80,6 +80,12 @@ def info():
     return response
 
 
+@get("/metrics")
+def prometheus_metrics():
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
+
+
 @get("/streamhtml")
 def streamhtml():
     wanted = parse_stream_request(request.args, settings().limits)
@@ -104,13 +110,18 @@ def large_csv():
 def stream_response(chunks, content_type: str, watcher: ClientWatcher | None = None) -> Response:
     """A streamed response, or a 503 when the instance is at capacity."""
     if request.method != "HEAD":
-        record = partial(observe.log_stream_outcome, request.path, g.request_id)
         stopped_early = (lambda: watcher.outcome) if watcher else (lambda: None)
         chunks = live.LiveStream(
-            chunks, request.environ.get("gunicorn.socket"), record, stopped_early
+            chunks,
+            request.environ.get("gunicorn.socket"),
+            partial(metrics.stream_ended, request.path),
+            stopped_early,
         )
         if not chunks.admit_to(tracker()):
             return over_capacity()
+        metrics.stream_started(request.path)
+        # The request log (streamhtml/logs.py) reads the stream's outcome from here.
+        request.environ[live.STREAM_ENVIRON_KEY] = chunks
     # direct_passthrough hands our iterable to gunicorn as is: no per-chunk wrapper in between,
     # and gunicorn frames each item as one HTTP chunk.
     return Response(
@@ -168,7 +179,6 @@ def create_app(app_settings: Settings | None = None) -> Flask:
     app.extensions["streamhtml.tracker"] = live.new_tracker(
         app_settings.limits.max_streams, app_settings.max_streams_per_worker
     )
-    observe.configure_logging(app_settings.log_level)
     app.register_blueprint(routes)
     app.register_error_handler(BadParameter, bad_parameter)
     app.register_error_handler(HTTPException, http_error)

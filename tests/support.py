@@ -1,5 +1,6 @@
 """Test harness: a real gunicorn started as the Procfile starts it, and a raw HTTP/1.1 reader."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -89,6 +90,33 @@ class Server:
             time.sleep(0.05)
         raise AssertionError(f"no log line matching {pattern!r} in:\n{self.log()}")
 
+    def records(self) -> list[dict]:
+        """The JSON log lines written so far, as dicts (other lines are skipped)."""
+        found = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):  # a line still being written
+                    found.append(json.loads(line))
+        return found
+
+    def requests_logged(self, **fields) -> list[dict]:
+        return [
+            record
+            for record in self.records()
+            if record.get("logger") == "gunicorn.access"
+            and all(record.get(key) == value for key, value in fields.items())
+        ]
+
+    def wait_for_request(self, timeout_s: float = 10.0, count: int = 1, **fields) -> list[dict]:
+        """Wait until `count` request lines carry `fields`; return them."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self.requests_logged(**fields)
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"fewer than {count} request lines with {fields} in:\n{self.log()}")
+
     def worker_pids(self) -> list[int]:
         out = subprocess.run(
             ["pgrep", "-P", str(self.master_pid())], capture_output=True, text=True
@@ -129,8 +157,9 @@ class RawResponse:
 
 
 def send_request(sock: socket.socket, path: str, method: str = "GET", headers=None, version="1.1"):
-    lines = [f"{method} {path} HTTP/{version}", "Host: 127.0.0.1"]
-    lines += [f"{key}: {value}" for key, value in (headers or {}).items()]
+    headers = {"Host": "127.0.0.1", **(headers or {})}
+    lines = [f"{method} {path} HTTP/{version}"]
+    lines += [f"{key}: {value}" for key, value in headers.items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
 

@@ -38,6 +38,7 @@ from cf_support import (
     unshare_network_works,
     upload_files,
 )
+from packaging.utils import canonicalize_name
 from support import Server, request
 
 from streamhtml.generators import static_block
@@ -98,10 +99,10 @@ def test_the_buildpacks_vendored_pip_install_succeeds_offline(staged):
         text=True,
         check=True,
     ).stdout
-    installed = {item["name"].lower(): item["version"] for item in json.loads(frozen)}
+    installed = {canonicalize_name(item["name"]): item["version"] for item in json.loads(frozen)}
     pins, _ = parse_pins((staged.app / "requirements.txt").read_text())
     for name, pin in pins.items():
-        assert installed.get(name) == pinned_version(pin), name
+        assert installed.get(canonicalize_name(name)) == pinned_version(pin), name
 
 
 def slow_streams(port: int, count: int) -> list[socket.socket]:
@@ -177,7 +178,7 @@ def test_the_staged_app_starts_serves_and_stops_as_on_cloud_foundry(staged, tmp_
 
         assert rss_mib([server.master_pid(), *server.worker_pids()]) < megabytes(manifest["memory"])
         # GUNICORN_CMD_ARGS='--access-logfile -', as the buildpack sets it: requests are logged.
-        server.wait_for_log(r'"GET /streamhtml\?nblocks=100&block_size=512 HTTP/1.1" 200')
+        server.wait_for_request(query="nblocks=100&block_size=512", status=200)
     finally:
         # Cloud Foundry stops an instance with SIGTERM, then SIGKILL 10 s later.
         stopping = time.monotonic()

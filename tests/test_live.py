@@ -46,12 +46,14 @@ def test_a_dead_workers_slot_is_cleared_by_the_master(two_workers):
     assert first.instance_live() == 0
 
 
-def test_shutdown_refuses_new_streams_and_cuts_the_live_ones():
+def test_shutdown_cuts_the_live_streams_when_the_grace_is_over_and_refuses_new_ones():
     cut = []
-    stream = SimpleNamespace(cut=lambda: cut.append(True))
+    stream = SimpleNamespace(cut=lambda: cut.append("first"))
+    late = SimpleNamespace(cut=lambda: cut.append("late"))
     tracker = live.Tracker(10, 10)
     assert tracker.admit(stream)
-    tracker.begin_shutdown(0.0)
-    assert not tracker.admit(object())
+    tracker.begin_shutdown(0.3)
+    assert tracker.admit(late), "a request taken during the grace is still served"
     tracker._shutdown_timer.join(5)
-    assert cut == [True]
+    assert sorted(cut) == ["first", "late"]
+    assert not tracker.admit(object())

@@ -186,9 +186,9 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_stream(start_server):
         hung_up = time.monotonic()
         reader.close()
     # The stream sleeps 2 s between blocks; it must notice well before its next write.
-    line = server.wait_for_log(r"outcome=client_gone bytes=(\d+) duration_ms=([\d.]+)")
+    (line,) = server.wait_for_request(outcome="client_gone")
     assert time.monotonic() - hung_up < 1.5
-    assert int(line.group(1)) == 64
+    assert line["bytes_sent"] == 64
     assert request(server.port, "/streamhtml?nblocks=2").status == 200
 
 
@@ -196,24 +196,42 @@ def test_a_stream_longer_than_the_worker_timeout_completes(start_server):
     server = start_server({"GUNICORN_TIMEOUT": "2"})
     reply = request(server.port, "/streamhtml?nblocks=9&block_size=128&sleep_ms=500")
     assert [len(chunk) for chunk in reply.chunks] == [128] * 9
-    server.wait_for_log(r"outcome=complete bytes=1152 duration_ms=(\d+)")
+    server.wait_for_request(outcome="complete", bytes_sent=1152)
     assert "WORKER TIMEOUT" not in server.log()
 
 
-def test_each_outcome_is_logged_once_with_bytes_and_whole_milliseconds(start_server):
-    server = start_server()
-    request(server.port, "/streamhtml?nblocks=3&block_size=10&sleep_ms=600")
-    match = server.wait_for_log(r"outcome=complete bytes=30 duration_ms=([\d.]+)")
+def test_each_request_is_one_json_line_with_its_outcome_bytes_and_whole_ms(start_server):
+    server = start_server({"CF_INSTANCE_INDEX": "4"})
+    request_id = "0b5a6c1e-1111-4222-8333-944455556666"
+    request(
+        server.port,
+        "/streamhtml?nblocks=3&block_size=10&sleep_ms=600",
+        headers={"X-Vcap-Request-Id": request_id},
+    )
+    (line,) = server.wait_for_request(path="/streamhtml")
+    assert line["outcome"] == "complete" and line["bytes_sent"] == 30
     # 2 pauses of 600 ms: a duration that dropped whole seconds would read under 1000.
-    assert 1200 <= float(match.group(1)) < 5000
-    assert len(re.findall(r"outcome=", server.log())) == 1
+    assert 1200 <= line["duration_ms"] < 5000
+    assert line["request_id"] == request_id
+    assert (line["method"], line["status"], line["instance_index"]) == ("GET", 200, "4")
+    assert line["pid"] in server.worker_pids()
+    assert len(server.requests_logged(path="/streamhtml")) == 1
 
 
-def test_cloud_foundrys_gunicorn_cmd_args_keep_one_access_line_per_request(start_server):
+def test_cloud_foundrys_gunicorn_cmd_args_keep_one_json_line_per_request(start_server):
     server = start_server({"GUNICORN_CMD_ARGS": "--access-logfile -"})
     request(server.port, "/streamhtml?nblocks=1")
-    server.wait_for_log(r"outcome=complete")
-    assert len(re.findall(r'"GET /streamhtml\?nblocks=1 HTTP/1.1" 200', server.log())) == 1
+    server.wait_for_request(path="/streamhtml")
+    time.sleep(0.2)
+    assert len(server.requests_logged(path="/streamhtml")) == 1
+    assert all(line.startswith("{") for line in server.log().splitlines()), server.log()
+
+
+def test_log_format_text_is_for_a_terminal(start_server):
+    server = start_server({"LOG_FORMAT": "text"})
+    request(server.port, "/streamhtml?nblocks=2&block_size=10")
+    server.wait_for_log(r"gunicorn.access: GET /streamhtml\?nblocks=2&block_size=10 200 20 bytes")
+    assert not server.records()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,108 @@
+"""/metrics: Prometheus text, summed over every gunicorn worker, kept across worker recycling."""
+
+import os
+import re
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from support import read_chunk, read_head, request, send_request
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of /metrics by its name and labels, as written."""
+    reply = request(port, "/metrics")
+    assert reply.status == 200
+    assert reply.header("Content-Type").startswith("text/plain; version=0.0.4")
+    samples = {}
+    for line in reply.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+PACED = "/streamhtml?nblocks=4&block_size=100&sleep_ms=100"
+STREAM_OK = 'streamhtml_requests_total{endpoint="/streamhtml",method="GET",status="200"}'
+BYTES = 'streamhtml_streamed_bytes_total{endpoint="/streamhtml"}'
+IN_PROGRESS = 'streamhtml_streams_in_progress{endpoint="/streamhtml"}'
+HANGUPS = 'streamhtml_client_hangups_total{endpoint="/streamhtml"}'
+
+
+def test_counts_are_summed_over_every_worker(start_server):
+    server = start_server()
+    # Overlapping streams, so that gunicorn hands some to each worker.
+    streams = 0
+    with ThreadPoolExecutor(10) as pool:
+        for _ in range(3):
+            list(pool.map(lambda _: request(server.port, PACED), range(10)))
+            streams += 10
+            lines = server.wait_for_request(path="/streamhtml", count=streams)
+            if len({line["pid"] for line in lines}) == 2:
+                break
+    assert len({line["pid"] for line in lines}) == 2, "both workers must have served streams"
+    request(server.port, "/streamhtml?nblocks=x")
+    server.wait_for_request(status=400)
+    samples = scrape(server.port)
+    assert samples[STREAM_OK] == streams
+    assert samples[BYTES] == streams * 400
+    assert samples[STREAM_OK.replace('"200"', '"400"')] == 1
+    durations = (
+        'streamhtml_stream_duration_seconds_count{endpoint="/streamhtml",outcome="complete"}'
+    )
+    assert samples[durations] == streams
+
+
+def test_streams_in_progress_and_hang_ups(start_server):
+    server = start_server()
+    held = []
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        send_request(sock, "/streamhtml?nblocks=50&block_size=10&sleep_ms=1000")
+        reader = sock.makefile("rb")
+        read_head(reader)
+        read_chunk(reader)
+        held.append((sock, reader))
+    assert scrape(server.port)[IN_PROGRESS] == 3
+    for sock, reader in held:
+        reader.close()
+        sock.close()
+    server.wait_for_request(outcome="client_gone", count=3)
+    samples = scrape(server.port)
+    assert samples[IN_PROGRESS] == 0
+    assert samples[HANGUPS] == 3
+
+
+def test_unknown_paths_share_one_label(start_server):
+    server = start_server()
+    for number in range(5):
+        request(server.port, f"/no/such/path/{number}")
+    server.wait_for_request(status=404, count=5)  # counted as the request is logged
+    samples = scrape(server.port)
+    assert samples['streamhtml_requests_total{endpoint="other",method="GET",status="404"}'] == 5
+    assert not any("/no/such" in name for name in samples)
+
+
+def test_counts_survive_a_killed_worker(start_server):
+    server = start_server()
+    for _ in range(20):
+        request(server.port, "/streamhtml?nblocks=1&block_size=10")
+    server.wait_for_request(path="/streamhtml", count=20)
+    before = scrape(server.port)[STREAM_OK]
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while victim in server.worker_pids() or len(server.worker_pids()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    samples = scrape(server.port)
+    assert samples[STREAM_OK] == before == 20, "a recycled worker's counts were lost"
+    assert samples.get(IN_PROGRESS, 0) == 0
+
+
+def test_a_bytes_counter_ends_in_bytes_total(server):
+    request(server.port, "/streamhtml?nblocks=1")
+    server.wait_for_request(path="/streamhtml")
+    names = {re.sub(r"\{.*", "", name) for name in scrape(server.port)}
+    assert "streamhtml_streamed_bytes_total" in names
