@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The Procfile's web command, so `make run` starts the server exactly as Cloud Foundry does.
 WEB_COMMAND := $(shell sed -n 's/^web: *//p' Procfile)
 
-.PHONY: run test test-fast lint format vendor tools clean
+.PHONY: run test test-fast lint format vendor screenshot tools clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,17 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# Plain-text logs for a terminal, unless LOG_FORMAT says otherwise; Cloud Foundry gets JSON.
 run: $(VENV)/.runtime
-	PATH="$(BIN):$$PATH" bash -c '$(WEB_COMMAND)'
+	LOG_FORMAT="$${LOG_FORMAT:-text}" PATH="$(BIN):$$PATH" bash -c '$(WEB_COMMAND)'
 
-# Debian tools the wire tests drive (ab; nginx as a stand-in router and proxy), installed
-# only when missing.
+# Debian tools the wire tests drive, installed only when missing: ab; nginx as a stand-in
+# router and proxy; chromium for the page test (driven by Playwright, never its own browser
+# download); openssl for the probe's https test.
 APT_TOOLS := $(shell command -v ab >/dev/null || echo apache2-utils) \
-	$(shell PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || echo nginx-light)
+	$(shell PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || echo nginx-light) \
+	$(shell [ -x /usr/bin/chromium ] || echo chromium) \
+	$(shell command -v openssl >/dev/null || echo openssl)
 tools:
 	@[ -z "$(strip $(APT_TOOLS))" ] || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq $(APT_TOOLS); }
@@ -48,6 +52,10 @@ test-fast: lint tools
 
 vendor:
 	tools/vendor
+
+# Refresh docs/page.png, the README's picture of the page, from the browser test.
+screenshot: $(VENV)/.dev tools
+	UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/test_page.py -k direct_stream
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

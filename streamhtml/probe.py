@@ -18,6 +18,7 @@ import argparse
 import http.client
 import json
 import math
+import re
 import socket
 import ssl
 import sys
@@ -192,8 +193,7 @@ def judge(arrivals: Sequence[Arrival], pacing: Pacing) -> Verdict:
     if buffered:
         if late:
             buffered.append(
-                f"the first byte came only after {line.first_byte_s:.2f} s, "
-                "held back with the rest"
+                f"the first byte came only after {line.first_byte_s:.2f} s, held back with the rest"
             )
         return Verdict(BUFFERED, tuple(buffered))
     reasons = [f"{seen} of the {pauses} pauses between blocks came through", spread]
@@ -339,7 +339,9 @@ def measure(target: Target, timeout_s: float, insecure: bool = False) -> Measure
             status_line=f"HTTP/{response.version / 10:.1f} {response.status} {response.reason}",
             framing="chunked"
             if (response.getheader("Transfer-Encoding") or "").lower() == "chunked"
-            else "length" if response.getheader("Content-Length") else "until close",
+            else "length"
+            if response.getheader("Content-Length")
+            else "until close",
             encoding=encoding,
             connect_s=connected - started,
             head_s=head - sent,
@@ -360,7 +362,10 @@ def error_detail(body: bytes) -> str:
         detail = json.loads(text).get("detail")
     except (ValueError, AttributeError):
         detail = None
-    detail = " ".join(str(detail or text).split())[:200]
+    if detail is None:  # an HTML error page: its title, else its text
+        title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        detail = title.group(1) if title else re.sub(r"<[^>]*>", " ", text)
+    detail = " ".join(str(detail).split())[:200]
     return f": {detail}" if detail else ""
 
 
@@ -414,10 +419,10 @@ def histogram(arrivals: Sequence[Arrival], pacing: Pacing, width: int = 40) -> l
         counts[int(t / bucket)] += n
     top = max(counts)
     digits = len(str(top))
-    lines = [f"timeline: bytes arrived per {ms(bucket)}, from the request"]
+    lines = [f"timeline: bytes arrived per {ms(bucket)}, by time since the request"]
     for index, count in enumerate(counts):
         bar = "#" * math.ceil(width * count / top) if count else "."
-        lines.append(f"  {index * bucket:7.2f} s  {count:>{digits}}  {bar}")
+        lines.append(f"  {ms(index * bucket):>9}  {count:>{digits}}  {bar}")
     return lines
 
 
@@ -434,17 +439,17 @@ def report(target: Target, pacing: Pacing, found: Measurement, verdict: Verdict)
         f"response head  {ms(found.head_s):>9}   {found.status_line}, {found.framing}{compressed}",
         f"first byte     {ms(line.first_byte_s):>9}   time to first byte of the body",
         f"last byte      {ms(line.last_byte_s):>9}",
-        f"body           {found.body_bytes} bytes in {line.reads} reads, "
+        f"body           {found.body_bytes} bytes in {line.reads} read(s), "
         f"{found.wire_bytes} bytes on the wire{counted}",
         f"throughput     {rate(found.wire_bytes, line.spread_s)} on the wire, first to last "
         f"byte; {rate(found.wire_bytes, line.last_byte_s)} from the request",
         f"largest gap    {ms(line.largest_gap_s):>9}   before the read at "
-        f"{line.largest_gap_at_s:.2f} s",
+        f"{ms(line.largest_gap_at_s)}",
     ]
     if pacing.sleep_ms:
         lines.append(
             f"largest burst  {percent(line.burst_bytes, line.total_bytes):>9}   of the bytes "
-            f"within {pacing.sleep_ms // 2} ms, ending at {line.burst_at_s:.2f} s"
+            f"within {pacing.sleep_ms // 2} ms, ending at {ms(line.burst_at_s)}"
         )
     else:
         lines.append("               (sleep_ms=0: the throughput is the path's, unpaced)")

@@ -1,0 +1,434 @@
+// streamhtml's live page: start a paced stream with fetch, read it chunk by chunk from its
+// ReadableStream, chart the bytes against time as they arrive, and say at the end whether
+// something between this browser and the service buffered it.
+//
+// The verdict follows the same rules, with the same thresholds, as streamhtml/probe.py.
+"use strict";
+
+(() => {
+  const MIN_SLEEP_MS = 50; // shorter pauses drown in network jitter: nothing to judge
+  const PAUSE_SEEN = 0.5; // share of sleep_ms between two blocks' arrivals for a pause to count
+  const MOST = 0.5; // more than this share of the pauses missing: the blocks came bunched
+  const SHORT_SPREAD = 0.5; // arrivals spread over less than this share of the paced duration
+  const SLOW_START_S = 1.0; // a first byte later than this (and late for the pacing): a note
+  const RATE_WINDOW_S = 1.0; // the current rate: bytes over the last second
+  const MAX_DOTS = 2000; // beyond this many reads the chart draws the line alone
+
+  // arrivals: [[seconds since the request, bytes], ...]; pacing: {nblocks, blockSize, sleepMs}
+  function summarize(arrivals, pacing) {
+    const list = arrivals.filter(([, n]) => n > 0).sort((a, b) => a[0] - b[0]);
+    if (list.length === 0) {
+      return { total: 0, reads: 0, first: 0, last: 0, blockTimes: [], burst: 0, burstAt: 0 };
+    }
+    const total = list.reduce((sum, [, n]) => sum + n, 0);
+    // Block k is in once (k + 1) / nblocks of the bytes are: works for any byte count.
+    const blockTimes = [];
+    let received = 0;
+    for (const [t, n] of list) {
+      received += n;
+      while (
+        blockTimes.length < pacing.nblocks &&
+        received * pacing.nblocks >= total * (blockTimes.length + 1)
+      ) {
+        blockTimes.push(t);
+      }
+    }
+    const window = pacing.sleepMs / 2000;
+    let burst = 0;
+    let burstAt = list[0][0];
+    let start = 0;
+    let inWindow = 0;
+    for (const [t, n] of list) {
+      inWindow += n;
+      while (t - list[start][0] > window) {
+        inWindow -= list[start][1];
+        start += 1;
+      }
+      if (inWindow > burst) {
+        burst = inWindow;
+        burstAt = t;
+      }
+    }
+    return {
+      total,
+      reads: list.length,
+      first: list[0][0],
+      last: list[list.length - 1][0],
+      blockTimes,
+      burst,
+      burstAt,
+    };
+  }
+
+  function judge(arrivals, pacing) {
+    if (pacing.nblocks < 2 || pacing.sleepMs < MIN_SLEEP_MS) {
+      return {
+        state: "unknown",
+        reasons: [
+          `nblocks=${pacing.nblocks} and sleep_ms=${pacing.sleepMs} leave no pauses to look ` +
+            `for: use at least 2 blocks and ${MIN_SLEEP_MS} ms`,
+        ],
+      };
+    }
+    const line = summarize(arrivals, pacing);
+    if (line.total === 0) {
+      return { state: "unknown", reasons: ["no body bytes arrived"] };
+    }
+    const sleepS = pacing.sleepMs / 1000;
+    const pauses = pacing.nblocks - 1;
+    const pacedSpread = (pauses * pacing.sleepMs) / 1000;
+    const spread = line.last - line.first;
+    let seen = 0;
+    for (let k = 1; k < line.blockTimes.length; k += 1) {
+      if (line.blockTimes[k] - line.blockTimes[k - 1] >= sleepS * PAUSE_SEEN) seen += 1;
+    }
+    const missing = pauses - seen;
+    const spreadReason =
+      `the bytes arrived over ${spread.toFixed(2)} s; paced, they take ` +
+      `${pacedSpread.toFixed(2)} s (${pauses} pauses of ${pacing.sleepMs} ms)`;
+    const buffered = [];
+    if (missing > MOST * pauses) {
+      buffered.push(
+        `${missing} of the ${pauses} pauses between blocks were missing: ` +
+          "the blocks arrived bunched together",
+      );
+    }
+    if (spread < SHORT_SPREAD * pacedSpread) buffered.push(spreadReason);
+    if (line.burst * 2 > line.total) {
+      buffered.push(
+        `${percent(line.burst, line.total)} of the bytes arrived in one burst, within ` +
+          `${Math.floor(pacing.sleepMs / 2)} ms, ending ${line.burstAt.toFixed(2)} s ` +
+          "after the request",
+      );
+    }
+    const late = line.first > Math.max(SLOW_START_S, SHORT_SPREAD * pacedSpread);
+    if (buffered.length) {
+      if (late) {
+        buffered.push(
+          `the first byte came only after ${line.first.toFixed(2)} s, held back with the rest`,
+        );
+      }
+      return { state: "buffered", reasons: buffered };
+    }
+    const reasons = [`${seen} of the ${pauses} pauses between blocks came through`, spreadReason];
+    if (late) {
+      reasons.push(
+        `note: the first byte took ${line.first.toFixed(2)} s, a slow start, ` +
+          "but the pauses after it came through",
+      );
+    }
+    return { state: "streams", reasons };
+  }
+
+  function percent(part, whole) {
+    return whole ? `${Math.round((100 * part) / whole)}%` : "-";
+  }
+
+  function formatBytes(n) {
+    return n.toLocaleString("en-US");
+  }
+
+  function formatRate(bytesPerS) {
+    if (bytesPerS < 1024) return `${bytesPerS.toFixed(0)} B/s`;
+    if (bytesPerS < 1024 * 1024) return `${(bytesPerS / 1024).toFixed(1)} KiB/s`;
+    return `${(bytesPerS / 1024 / 1024).toFixed(1)} MiB/s`;
+  }
+
+  function formatSeconds(s) {
+    return s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(2)} s`;
+  }
+
+  // --- the chart --------------------------------------------------------------------------
+
+  const COLORS = {
+    text: "#1b1f23",
+    muted: "#4f5861",
+    grid: "#e1e4e8",
+    axis: "#6a737d",
+    received: "#0b5cad",
+    expected: "#6a737d",
+  };
+
+  function niceStep(range, ticks) {
+    const raw = range / ticks;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    const steps = [1, 2, 2.5, 5, 10].map((m) => m * power);
+    return steps.find((s) => s >= raw) || steps[steps.length - 1];
+  }
+
+  function drawChart(canvas, run) {
+    const ratio = window.devicePixelRatio || 1;
+    const cssWidth = canvas.clientWidth || 760;
+    const cssHeight = Math.max(Math.round(cssWidth * 0.4), 200);
+    if (
+      canvas.width !== Math.round(cssWidth * ratio) ||
+      canvas.height !== Math.round(cssHeight * ratio)
+    ) {
+      canvas.width = Math.round(cssWidth * ratio);
+      canvas.height = Math.round(cssHeight * ratio);
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, cssWidth, cssHeight);
+    const pad = { left: 64, right: 16, top: 14, bottom: 40 };
+    const w = cssWidth - pad.left - pad.right;
+    const h = cssHeight - pad.top - pad.bottom;
+    const total = run ? run.pacing.nblocks * run.pacing.blockSize : 0;
+    const pacedSpread = run ? ((run.pacing.nblocks - 1) * run.pacing.sleepMs) / 1000 : 0;
+    const lastT = run && run.arrivals.length ? run.arrivals[run.arrivals.length - 1][0] : 0;
+    const maxT = Math.max(1, pacedSpread * 1.1, run ? run.elapsed : 0, lastT * 1.02);
+    const maxY = Math.max(total, run ? run.received : 0, 1);
+    const x = (t) => pad.left + (t / maxT) * w;
+    const y = (b) => pad.top + h - (b / maxY) * h;
+
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.lineWidth = 1;
+    // Grid and tick labels.
+    const tStep = niceStep(maxT, 8);
+    ctx.textAlign = "center";
+    ctx.textBaseline = "top";
+    for (let t = 0; t <= maxT + 1e-9; t += tStep) {
+      ctx.strokeStyle = COLORS.grid;
+      ctx.beginPath();
+      ctx.moveTo(x(t), pad.top);
+      ctx.lineTo(x(t), pad.top + h);
+      ctx.stroke();
+      ctx.fillStyle = COLORS.muted;
+      ctx.fillText(`${Number(t.toFixed(2))}`, x(t), pad.top + h + 6);
+    }
+    const bStep = niceStep(maxY, 4);
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    for (let b = 0; b <= maxY + 1e-9; b += bStep) {
+      ctx.strokeStyle = COLORS.grid;
+      ctx.beginPath();
+      ctx.moveTo(pad.left, y(b));
+      ctx.lineTo(pad.left + w, y(b));
+      ctx.stroke();
+      ctx.fillStyle = COLORS.muted;
+      ctx.fillText(formatBytes(b), pad.left - 6, y(b));
+    }
+    ctx.strokeStyle = COLORS.axis;
+    ctx.beginPath();
+    ctx.moveTo(pad.left, pad.top);
+    ctx.lineTo(pad.left, pad.top + h);
+    ctx.lineTo(pad.left + w, pad.top + h);
+    ctx.stroke();
+    ctx.fillStyle = COLORS.text;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "bottom";
+    ctx.fillText("seconds since the request", pad.left + w / 2, cssHeight - 2);
+    ctx.save();
+    ctx.translate(12, pad.top + h / 2);
+    ctx.rotate(-Math.PI / 2);
+    ctx.textBaseline = "middle";
+    ctx.fillText("bytes", 0, 0);
+    ctx.restore();
+    if (!run) return 0;
+
+    // As sent: block k leaves the service k x sleep_ms after the first.
+    const { nblocks, blockSize, sleepMs } = run.pacing;
+    ctx.strokeStyle = COLORS.expected;
+    ctx.lineWidth = 1.5;
+    ctx.setLineDash([5, 4]);
+    ctx.beginPath();
+    ctx.moveTo(x(0), y(0));
+    for (let k = 0; k < nblocks; k += 1) {
+      const t = (k * sleepMs) / 1000;
+      ctx.lineTo(x(t), y(k * blockSize));
+      ctx.lineTo(x(t), y((k + 1) * blockSize));
+    }
+    ctx.stroke();
+    ctx.setLineDash([]);
+
+    // Received: a step for each read.
+    ctx.strokeStyle = COLORS.received;
+    ctx.fillStyle = COLORS.received;
+    ctx.lineWidth = 2.5;
+    ctx.beginPath();
+    ctx.moveTo(x(0), y(0));
+    let sum = 0;
+    for (const [t, n] of run.arrivals) {
+      ctx.lineTo(x(t), y(sum));
+      sum += n;
+      ctx.lineTo(x(t), y(sum));
+    }
+    ctx.lineTo(x(run.done ? lastT : run.elapsed), y(sum));
+    ctx.stroke();
+    // A dot per read, while there are few enough to tell apart.
+    if (run.arrivals.length <= MAX_DOTS) {
+      sum = 0;
+      for (const [t, n] of run.arrivals) {
+        sum += n;
+        ctx.beginPath();
+        ctx.arc(x(t), y(sum), 3, 0, 2 * Math.PI);
+        ctx.fill();
+      }
+    }
+    return run.arrivals.length;
+  }
+
+  // --- the page ---------------------------------------------------------------------------
+
+  const $ = (id) => document.getElementById(id);
+
+  function setCount(id, value, text) {
+    const el = $(id);
+    el.dataset.value = String(value);
+    el.textContent = text;
+  }
+
+  function setVerdict(state, text, reasons) {
+    const box = $("verdict");
+    box.dataset.state = state;
+    $("verdict-text").textContent = text;
+    const list = $("reasons");
+    list.replaceChildren(
+      ...(reasons || []).map((reason) => {
+        const item = document.createElement("li");
+        item.textContent = reason;
+        return item;
+      }),
+    );
+  }
+
+  const HEADLINES = {
+    streams: "STREAMS: the blocks arrived with the pauses they were sent with.",
+    buffered: "BUFFERED: something between this browser and the service held the stream back.",
+    unknown: "UNKNOWN: this pacing cannot tell streaming from buffering.",
+  };
+
+  let current = null; // the run in progress: {pacing, arrivals, received, elapsed, ...}
+
+  function readPacing() {
+    const value = (id) => Number.parseInt($(id).value, 10);
+    return { nblocks: value("nblocks"), blockSize: value("block_size"), sleepMs: value("sleep_ms") };
+  }
+
+  function render() {
+    const run = current;
+    if (!run) return;
+    run.elapsed = run.done ? run.elapsed : (performance.now() - run.t0) / 1000;
+    setCount("bytes", run.received, formatBytes(run.received));
+    setCount("reads", run.arrivals.length, String(run.arrivals.length));
+    const since = run.elapsed - RATE_WINDOW_S;
+    const recent = run.arrivals.filter(([t]) => t > since).reduce((s, [, n]) => s + n, 0);
+    const rate = run.done
+      ? run.received / Math.max(run.elapsed, 1e-3)
+      : recent / Math.min(RATE_WINDOW_S, Math.max(run.elapsed, 1e-3));
+    $("rate-label").textContent = run.done ? "Average rate" : "Current rate";
+    $("rate").textContent = formatRate(rate);
+    $("elapsed").textContent = formatSeconds(run.elapsed);
+    const chart = $("chart");
+    chart.dataset.points = String(drawChart(chart, run));
+  }
+
+  function tick() {
+    if (!current || current.done) return;
+    render();
+    window.requestAnimationFrame(tick);
+  }
+
+  async function errorDetail(response) {
+    try {
+      const body = await response.json();
+      return body.detail || body.error || "";
+    } catch {
+      return "";
+    }
+  }
+
+  async function start(event) {
+    event.preventDefault();
+    if (current && !current.done) return;
+    const pacing = readPacing();
+    const query = new URLSearchParams({
+      nblocks: String(pacing.nblocks),
+      block_size: String(pacing.blockSize),
+      sleep_ms: String(pacing.sleepMs),
+    });
+    const url = new URL(`streamhtml?${query}`, document.baseURI);
+    const run = {
+      pacing,
+      arrivals: [],
+      received: 0,
+      elapsed: 0,
+      done: false,
+      abort: new AbortController(),
+      t0: performance.now(),
+    };
+    current = run;
+    const total = pacing.nblocks * pacing.blockSize;
+    setCount("total", total, formatBytes(total));
+    $("ttfb").textContent = "–";
+    $("start").disabled = true;
+    $("stop").disabled = false;
+    setVerdict("running", `streaming ${url.pathname}${url.search} …`, []);
+    window.requestAnimationFrame(tick);
+    let outcome;
+    try {
+      const response = await fetch(url, { cache: "no-store", signal: run.abort.signal });
+      if (!response.ok) {
+        const detail = await errorDetail(response);
+        outcome = ["error", `the service refused: HTTP ${response.status}. ${detail}`, []];
+      } else {
+        const reader = response.body.getReader();
+        for (;;) {
+          const { done, value } = await reader.read();
+          const t = (performance.now() - run.t0) / 1000;
+          if (done) break;
+          if (run.arrivals.length === 0) $("ttfb").textContent = formatSeconds(t);
+          run.arrivals.push([t, value.byteLength]);
+          run.received += value.byteLength;
+        }
+        run.elapsed = (performance.now() - run.t0) / 1000;
+        if (run.received !== total) {
+          outcome = ["error", `expected ${total} bytes, received ${run.received}.`, []];
+        } else {
+          const verdict = judge(run.arrivals, pacing);
+          outcome = [verdict.state, HEADLINES[verdict.state], verdict.reasons];
+        }
+      }
+    } catch (error) {
+      run.elapsed = (performance.now() - run.t0) / 1000;
+      outcome =
+        error.name === "AbortError"
+          ? ["stopped", "stopped before the end: no verdict.", []]
+          : ["error", `the stream failed: ${error.message}`, []];
+    }
+    run.done = true;
+    render();
+    const chart = $("chart");
+    chart.setAttribute(
+      "aria-label",
+      `Chart of bytes received against time: ${formatBytes(run.received)} bytes in ` +
+        `${run.arrivals.length} reads over ${formatSeconds(run.elapsed)}. ${outcome[1]}`,
+    );
+    setVerdict(...outcome);
+    $("start").disabled = false;
+    $("stop").disabled = true;
+  }
+
+  function stop() {
+    if (current && !current.done) current.abort.abort();
+  }
+
+  function init() {
+    $("controls").addEventListener("submit", start);
+    $("stop").addEventListener("click", stop);
+    window.addEventListener("resize", () => {
+      const chart = $("chart");
+      chart.dataset.points = String(drawChart(chart, current));
+    });
+    drawChart($("chart"), null);
+  }
+
+  // For the tests and the curious: the same rules as the probe, callable from the console.
+  window.streamhtml = { judge, summarize };
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", init);
+  } else {
+    init();
+  }
+})();

@@ -1,0 +1,216 @@
+"""The page at `/`, in a real headless Chromium: a person starts a stream and watches it arrive.
+
+Debian's chromium (`make test` installs it), driven by Playwright from PyPI; Playwright's own
+browser downloads are never used. Every test fails on a console error, an uncaught exception
+or a Content-Security-Policy violation: the page must work under its CSP as served.
+"""
+
+import os
+import re
+import time
+
+import pytest
+from nginx_support import Nginx
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import sync_playwright
+from support import REPO
+from test_probe import VERDICTS
+
+from streamhtml.probe import judge
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# The README's screenshot; `make screenshot` refreshes it, other runs leave the tree clean.
+README_SCREENSHOT = REPO / "docs" / "page.png"
+
+# A CSP violation is reported to the page as an event; record each one where the test sees it.
+RECORD_CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__cspViolations.push(`${event.violatedDirective} blocked ${event.blockedURI}`);
+});
+"""
+
+# The colour the chart draws received bytes in (page.js COLORS.received, #0b5cad).
+COUNT_RECEIVED_PIXELS = """
+() => {
+  const canvas = document.getElementById("chart");
+  const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+  let count = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] === 11 && data[i + 1] === 92 && data[i + 2] === 173) count += 1;
+  }
+  return count;
+}
+"""
+
+SNAPSHOT = """
+() => ({
+  bytes: Number(document.getElementById("bytes").dataset.value),
+  total: Number(document.getElementById("total").dataset.value),
+  points: Number(document.getElementById("chart").dataset.points),
+  state: document.getElementById("verdict").dataset.state,
+  verdict: document.getElementById("verdict").innerText,
+  rate: document.getElementById("rate").innerText,
+})
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        try:
+            launched = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
+        except PlaywrightError as error:
+            pytest.skip(f"headless Chromium cannot be launched from {CHROMIUM}: {error}")
+        yield launched
+        launched.close()
+
+
+class Troubles(list):
+    """Console errors, uncaught exceptions and CSP violations seen by one page."""
+
+    def unexpected(self, *allowed: str) -> list[str]:
+        return [line for line in self if not any(text in line for text in allowed)]
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 960, "height": 1000})
+    page = context.new_page()
+    page.troubles = Troubles()
+    page.requested = []
+    page.on("request", lambda request: page.requested.append(request.url))
+    page.on(
+        "console",
+        lambda message: message.type == "error" and page.troubles.append(message.text),
+    )
+    page.on("pageerror", lambda error: page.troubles.append(f"uncaught: {error}"))
+    page.add_init_script(RECORD_CSP_VIOLATIONS)
+    yield page
+    context.close()
+
+
+def assert_no_troubles(page, *allowed: str):
+    violations = page.evaluate("window.__cspViolations")
+    assert violations == [], violations
+    assert page.troubles.unexpected(*allowed) == []
+
+
+def start_stream(page, base_url: str, nblocks: int, block_size: int, sleep_ms: int):
+    page.goto(f"{base_url}/")
+    page.get_by_label("nblocks").fill(str(nblocks))
+    page.get_by_label("block_size").fill(str(block_size))
+    page.get_by_label("sleep_ms").fill(str(sleep_ms))
+    page.get_by_role("button", name="Start stream").click()
+
+
+def wait_for(page, condition, timeout_s: float = 15.0) -> dict:
+    """Poll the page's counters until `condition(snapshot)` holds; return that snapshot."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snapshot = page.evaluate(SNAPSHOT)
+        if condition(snapshot):
+            return snapshot
+        assert time.monotonic() < deadline, f"gave up waiting; the page shows {snapshot}"
+        time.sleep(0.05)
+
+
+def finished(snapshot: dict) -> bool:
+    return snapshot["state"] not in ("idle", "running")
+
+
+def test_a_direct_stream_is_drawn_as_it_arrives_and_the_page_says_it_streams(
+    page, server, tmp_path
+):
+    start_stream(page, f"http://127.0.0.1:{server.port}", nblocks=8, block_size=2048, sleep_ms=400)
+
+    # While the stream runs (8 blocks, 400 ms apart: 2.8 s), the counters and chart move.
+    early = wait_for(page, lambda s: s["bytes"] > 0)
+    assert early["state"] == "running", early
+    assert early["total"] == 8 * 2048 and 0 < early["bytes"] < early["total"]
+    assert early["points"] >= 1
+    assert page.evaluate(COUNT_RECEIVED_PIXELS) > 0, "the chart drew nothing in its colour"
+    later = wait_for(page, lambda s: s["bytes"] > early["bytes"])
+    assert later["state"] == "running" and later["bytes"] < later["total"], later
+    assert later["points"] > early["points"]
+    assert later["rate"].endswith("/s")
+
+    done = wait_for(page, finished)
+    assert done["state"] == "streams", done
+    assert done["bytes"] == done["total"] == 8 * 2048 and done["points"] >= 8
+    assert "STREAMS" in done["verdict"]
+    assert re.search(r"[67] of the 7 pauses between blocks came through", done["verdict"])
+    chart_label = page.get_by_role("img").get_attribute("aria-label")
+    assert re.search(r"16,384 bytes in \d+ reads over 2\.\d+ s\. STREAMS", chart_label)
+    assert_no_troubles(page)
+    # Self-contained: the page, its script, style and icon, and the stream, all from here.
+    here = f"http://127.0.0.1:{server.port}/"
+    assert [url for url in page.requested if not url.startswith(here)] == []
+    assert {url.split("?")[0] for url in page.requested} >= {
+        here,
+        here + "static/page.js",
+        here + "static/page.css",
+        here + "streamhtml",
+    }
+
+    # The README shows this: a finished stream, its chart and its verdict.
+    screenshot = README_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "page.png"
+    screenshot.parent.mkdir(exist_ok=True)
+    bottom = page.locator("#verdict").bounding_box()
+    clip = {"x": 0, "y": 0, "width": 960, "height": bottom["y"] + bottom["height"] + 12}
+    page.screenshot(path=screenshot, clip=clip, full_page=True)
+    assert screenshot.stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def buffering_nginx(server, tmp_path_factory):
+    """gzip on and the app's `X-Accel-Buffering: no` ignored: nginx holds the stream."""
+    nginx = Nginx(tmp_path_factory.mktemp("nginx-page"), server.port, False).start()
+    yield nginx
+    nginx.stop()
+
+
+def test_through_a_buffering_proxy_the_page_says_buffered(page, buffering_nginx):
+    start_stream(page, buffering_nginx.url, nblocks=6, block_size=1024, sleep_ms=300)
+    running = page.evaluate(SNAPSHOT)
+    assert running["state"] == "running" and running["bytes"] == 0, running
+    done = wait_for(page, finished)
+    assert done["state"] == "buffered", done
+    assert "BUFFERED" in done["verdict"] and "5 of the 5 pauses" in done["verdict"]
+    assert done["bytes"] == 6 * 1024
+    assert_no_troubles(page)
+
+
+def test_a_refused_request_shows_the_services_reason(page, server):
+    start_stream(page, f"http://127.0.0.1:{server.port}", nblocks=4, block_size=16, sleep_ms=999999)
+    done = wait_for(page, finished)
+    assert done["state"] == "error", done
+    assert "HTTP 400" in done["verdict"] and "sleep_ms must be" in done["verdict"]
+    # Chromium logs every 4xx fetch as a console error: that one, and only that, is expected.
+    assert_no_troubles(page, "status of 400")
+
+
+@pytest.mark.parametrize(
+    "pacing, arrivals, verdict",
+    [case[1:] for case in VERDICTS],
+    ids=[case[0] for case in VERDICTS],
+)
+def test_the_page_judges_as_the_probe_does(page, server, pacing, arrivals, verdict):
+    page.goto(f"http://127.0.0.1:{server.port}/")
+    found = page.evaluate(
+        "([arrivals, pacing]) => window.streamhtml.judge(arrivals, pacing)",
+        [
+            [list(arrival) for arrival in arrivals],
+            {
+                "nblocks": pacing.nblocks,
+                "blockSize": pacing.block_size,
+                "sleepMs": pacing.sleep_ms,
+            },
+        ],
+    )
+    assert found["state"] == verdict.lower(), found["reasons"]
+    assert tuple(found["reasons"]) == judge(arrivals, pacing).reasons
+    assert_no_troubles(page)
