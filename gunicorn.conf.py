@@ -38,9 +38,11 @@ workers = _server.workers
 # it is alive while request threads stream, so a stream may outlive `timeout`; and one worker
 # serves `threads` streams at once, so slow clients do not each hold a process. The sync worker
 # does neither: it is killed mid-stream after `timeout` and serves one client at a time.
-worker_class = _server.worker_class
+# "gthread" is gunicorn's gthread worker with one change (streamhtml/worker.py): a stream
+# that does not pause has its chunks sent in 64 KiB writes, framed exactly as before.
+worker_class = "streamhtml.worker.StreamingWorker" if _server.worker_class == "gthread" else "sync"
 # gunicorn would quietly turn a sync worker with threads > 1 into gthread.
-threads = _server.threads if worker_class == "gthread" else 1
+threads = _server.threads if _server.worker_class == "gthread" else 1
 # Enough connection slots for every thread plus idle keep-alive connections.
 worker_connections = max(1000, 2 * _server.threads)
 

@@ -91,7 +91,8 @@ def html_blocks(
     """
     if static:
         return itertools.repeat(static_block(block_size), nblocks)
-    rng = rng or random.Random()
+    # The module's generator: a new Random() per request would cost a getrandom() syscall.
+    rng = rng or random
     if block_size > RING_MAX_BLOCK:
         return (random_block(block_size, rng) for _ in range(nblocks))
     ring = _ring(block_size)

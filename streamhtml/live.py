@@ -19,6 +19,9 @@ log = logging.getLogger("streamhtml")
 
 # Where a response's LiveStream sits in the WSGI environ, for the request log.
 STREAM_ENVIRON_KEY = "streamhtml.stream"
+# True in the environ when the body never waits between items, so the worker may gather
+# several chunks into one send (streamhtml/worker.py).
+COALESCE_KEY = "streamhtml.coalesce"
 
 MAX_SLOTS = 256  # workers alive at once, old and new ones included during a reload
 _SLOT_BYTES = 8

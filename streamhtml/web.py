@@ -95,6 +95,8 @@ def streamhtml():
     watcher = ClientWatcher(request.environ.get("gunicorn.socket"))
     if wanted.sleep_ms:
         blocks = paced(blocks, partial(watcher.pause, wanted.sleep_ms / 1000.0))
+    else:
+        request.environ[live.COALESCE_KEY] = True
     return stream_response(blocks, "text/html; charset=utf-8", watcher)
 
 

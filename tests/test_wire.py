@@ -11,7 +11,7 @@ import time
 from urllib.parse import quote
 
 import pytest
-from support import read_chunk, read_head, request, send_request
+from support import read_body, read_chunk, read_head, request, send_request
 from test_params import BAD_NUMBERS
 
 STREAM_HEADERS = {
@@ -72,6 +72,18 @@ def test_head_has_the_headers_of_get_and_no_body(server):
             assert head.header(name) == value, name
         assert head.header("Content-Length") is None
         assert read_head(reader).status == 200, "HEAD sent body bytes"
+
+
+def test_streams_follow_one_another_on_a_kept_alive_connection(server):
+    # The worker gathers a stream's chunks into larger writes: each response must still end
+    # exactly where it should, or the next one on the connection would not parse.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        for nblocks, block_size in [(300, 1000), (1, 7), (70, 1024), (2, 70_000)]:
+            send_request(sock, f"/streamhtml?nblocks={nblocks}&block_size={block_size}")
+            reply = read_body(reader, read_head(reader), "GET")
+            assert reply.header("Connection") == "keep-alive"
+            assert [len(chunk) for chunk in reply.chunks] == [block_size] * nblocks
 
 
 def test_http_1_0_clients_get_the_exact_body_unchunked(server):
