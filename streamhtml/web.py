@@ -49,35 +49,34 @@ def index():
     return response
 
 
-@get("/health")
-def health():
-    instance = settings().instance
-    response = jsonify(
-        status="ok",
-        app=instance.app_name,
-        version=__version__,
-        instance_index=instance.instance_index,
-        pid=os.getpid(),
-        streams_in_progress=tracker().instance_live(),
-    )
+def instance_fields() -> dict:
+    """Which instance and worker answered, so a person on a scaled route can tell."""
+    current = settings()
+    return {
+        "app": current.instance.app_name,
+        "version": __version__,
+        "instance_index": current.instance.instance_index,
+        "pid": os.getpid(),
+        "streams_in_progress": tracker().instance_live(),
+    }
+
+
+def uncached_json(**fields) -> Response:
+    response = jsonify(**fields)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@get("/health")
+def health():
+    return uncached_json(status="ok", **instance_fields())
 
 
 @get("/info")
 def info():
-    """What a person hitting a scaled route needs: which instance answered, and its limits."""
     current = settings()
-    response = jsonify(
-        app=current.instance.app_name,
-        version=__version__,
-        instance_index=current.instance.instance_index,
-        pid=os.getpid(),
-        streams_in_progress=tracker().instance_live(),
-        limits={**asdict(current.limits), "max_streams_per_worker": current.max_streams_per_worker},
-    )
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    limits = {**asdict(current.limits), "max_streams_per_worker": current.max_streams_per_worker}
+    return uncached_json(**instance_fields(), limits=limits)
 
 
 @get("/metrics")
@@ -143,9 +142,8 @@ def over_capacity() -> Response:
 
 
 def error_response(status: int, error: str, detail: str, **extra) -> Response:
-    response = jsonify(status=status, error=error, detail=detail, **extra)
+    response = uncached_json(status=status, error=error, detail=detail, **extra)
     response.status_code = status
-    response.headers["Cache-Control"] = "no-store"
     return response
 
 
