@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The Procfile's web command, so `make run` starts the server exactly as Cloud Foundry does.
 WEB_COMMAND := $(shell sed -n 's/^web: *//p' Procfile)
 
-.PHONY: run test test-fast lint format vendor screenshot tools clean
+.PHONY: run test test-fast lint format vendor screenshot bench bench-profile tools clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,17 @@ test-fast: lint tools
 
 vendor:
 	tools/vendor
+
+# Benchmarks beside a minimal Flask app and nginx; not part of `make test`. Installs wrk, ab,
+# nginx (apt) and bench/requirements.txt (into the venv) when missing. About 8 minutes;
+# BENCH_ARGS=--quick for a 1-2 minute smoke run, or --rounds N, or --env KEY=VALUE.
+bench: $(VENV)/.runtime
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Where the per-chunk time goes: py-spy and strace -c, project vs minimal app (bench/PROFILE.md).
+bench-profile: $(VENV)/.runtime
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/profile_chunks.py
 
 # Refresh docs/page.png, the README's picture of the page, from the browser test.
 screenshot: $(VENV)/.dev tools
