@@ -26,7 +26,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log info;
 
 events {{
-    worker_connections 64;
+    worker_connections 256;
 }}
 
 http {{
@@ -37,15 +37,22 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
 
-    gzip on;
+    gzip {gzip};
     gzip_proxied any;
+
+    upstream backends {{
+{servers}
+    }}
 
     server {{
         listen 127.0.0.1:{port}{tls};{certificate}
         location / {{
-            proxy_pass http://127.0.0.1:{upstream_port};
+            proxy_pass http://backends;
             proxy_http_version 1.1;
+            proxy_set_header Connection "";
             proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
 {extra}
         }}
     }}
@@ -63,13 +70,21 @@ IGNORE_ACCEL_BUFFERING = "            proxy_ignore_headers X-Accel-Buffering;"
 
 
 class Nginx:
+    """nginx in front of one app server, or round-robin over several (a stand-in router)."""
+
     def __init__(
-        self, directory: Path, upstream_port: int, honour_accel_buffering: bool, tls=False
+        self,
+        directory: Path,
+        upstream: int | list[int],
+        honour_accel_buffering: bool = True,
+        tls: bool = False,
+        gzip: bool = True,
     ):
         self.dir = directory
         self.tls = tls
+        self.gzip = gzip
         self.port = free_port()
-        self.upstream_port = upstream_port
+        self.upstream_ports = [upstream] if isinstance(upstream, int) else list(upstream)
         self.extra = "" if honour_accel_buffering else IGNORE_ACCEL_BUFFERING
         self.process: subprocess.Popen | None = None
 
@@ -87,7 +102,8 @@ class Nginx:
             port=self.port,
             tls=" ssl" if self.tls else "",
             certificate=CERTIFICATE.format(dir=self.dir) if self.tls else "",
-            upstream_port=self.upstream_port,
+            servers="\n".join(f"        server 127.0.0.1:{port};" for port in self.upstream_ports),
+            gzip="on" if self.gzip else "off",
             extra=self.extra,
         )
 

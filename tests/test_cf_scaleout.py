@@ -1,101 +1,22 @@
 """Scale-out: two instances behind a router, as `instances: 2` and gorouter run them.
 
-nginx stands in for gorouter: a round-robin upstream on loopback, configured and started by this
-test (Debian package nginx-light; `make test` installs it). Each instance is started from the
+nginx stands in for gorouter: a round-robin upstream on loopback (tests/nginx_support.py),
+started by this test (Debian's nginx-light; `make test` installs it). Each instance starts from the
 Procfile with the platform's environment and its own CF_INSTANCE_INDEX, which it reports in the
 X-Instance-Index header and in /health. The app keeps no state between requests, so any instance
 can serve any request: consecutive requests alternate, and losing an instance loses nothing.
 """
 
 import json
-import shutil
-import signal
 import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from cf_support import cf_environment, manifest_app
-from support import Server, free_port, read_body, read_head, request, send_request
+from nginx_support import Nginx
+from support import Server, read_body, read_head, request, send_request
 
 from streamhtml.generators import static_block
-
-NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {root}/access.log;
-    client_body_temp_path {root}/client_body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    upstream streamhtml {{
-{servers}
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://streamhtml;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto http;
-        }}
-    }}
-}}
-"""
-
-
-def find_nginx() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        pytest.fail("nginx is missing: `make test` installs it (apt-get install nginx-light)")
-    return found
-
-
-class Router:
-    """nginx in the foreground, one process, on a free loopback port; stopped by its PID."""
-
-    def __init__(self, root: Path, backend_ports: list[int]):
-        self.root = root
-        self.port = free_port()
-        servers = "\n".join(f"        server 127.0.0.1:{port};" for port in backend_ports)
-        self.conf = root / "nginx.conf"
-        self.conf.write_text(NGINX_CONF.format(root=root, port=self.port, servers=servers))
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "Router":
-        nginx = find_nginx()
-        self.process = subprocess.Popen(
-            [nginx, "-p", str(self.root), "-e", str(self.root / "error.log"), "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.root / "error.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nginx did not listen:\n{(self.root / 'error.log').read_text()}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
 
 
 def start_instances(root: Path, count: int = 2) -> list[Server]:
@@ -116,7 +37,7 @@ def start_instances(root: Path, count: int = 2) -> list[Server]:
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("scaleout")
     instances = start_instances(root)
-    router = Router(root, [instance.port for instance in instances])
+    router = Nginx(root / "router", [instance.port for instance in instances], gzip=False)
     try:
         yield router.start(), instances
     finally:
@@ -191,7 +112,8 @@ def test_one_client_connection_is_served_by_both_instances_alike(cluster):
 
 def test_losing_an_instance_loses_no_request(tmp_path):
     instances = start_instances(tmp_path)
-    router = Router(tmp_path, [instance.port for instance in instances]).start()
+    ports = [instance.port for instance in instances]
+    router = Nginx(tmp_path / "router", ports, gzip=False).start()
     try:
         assert {served_by(request(router.port, "/health")) for _ in range(4)} == {"0", "1"}
         instances[1].stop()
