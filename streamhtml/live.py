@@ -27,7 +27,6 @@ MAX_SLOTS = 256  # workers alive at once, old and new ones included during a rel
 _SLOT_BYTES = 8
 _shared = memoryview(mmap.mmap(-1, MAX_SLOTS * _SLOT_BYTES)).cast("q")
 _free_slots = list(range(MAX_SLOTS - 1, -1, -1))
-_slot_of_pid: dict[int, int] = {}
 
 # gunicorn hooks, in the master -----------------------------------------------------------
 
@@ -91,9 +90,6 @@ class Tracker:
         if self._slot is not None:
             _shared[self._slot] = len(self._live)
 
-    def live(self) -> int:
-        return len(self._live)
-
     def instance_live(self) -> int:
         return self._instance_total()
 
@@ -152,7 +148,7 @@ def begin_shutdown(grace_s: float) -> None:
 
 
 class LiveStream:
-    """A WSGI body that counts what it hands out and knows how it ended.
+    """A WSGI body that knows how it ended (gunicorn counts the bytes it sent).
 
     gunicorn calls close() after the last chunk, or after a write fails because the client
     left; either way the inner generator is closed, so its cleanup runs and no more is made.
@@ -167,7 +163,6 @@ class LiveStream:
         "_tracker",
         "_closed",
         "_cut",
-        "bytes_sent",
         "outcome",
     )
 
@@ -185,7 +180,6 @@ class LiveStream:
         self._tracker: Tracker | None = None
         self._closed = False
         self._cut: str | None = None
-        self.bytes_sent = 0
         self.outcome: str | None = None
 
     def __iter__(self):
@@ -193,15 +187,13 @@ class LiveStream:
 
     def __next__(self) -> bytes:
         try:
-            chunk = next(self._chunks)
+            return next(self._chunks)
         except StopIteration:
             self.outcome = self._cut or self._stopped_early() or COMPLETE
             raise
         except Exception:
             self.outcome = ERROR
             raise
-        self.bytes_sent += len(chunk)
-        return chunk
 
     def admit_to(self, tracker: Tracker) -> bool:
         if tracker.admit(self):
