@@ -91,11 +91,12 @@ def streamhtml():
     if request.method == "HEAD":
         return stream_response(iter(()), "text/html; charset=utf-8")
     blocks = html_blocks(wanted.nblocks, wanted.block_size, static=wanted.static)
-    watcher = ClientWatcher(request.environ.get("gunicorn.socket"))
-    if wanted.sleep_ms:
-        blocks = paced(blocks, partial(watcher.pause, wanted.sleep_ms / 1000.0))
-    else:
+    if not wanted.sleep_ms:
+        # Nothing to wait for between blocks: no watcher, and the worker may batch sends.
         request.environ[live.COALESCE_KEY] = True
+        return stream_response(blocks, "text/html; charset=utf-8")
+    watcher = ClientWatcher(request.environ.get("gunicorn.socket"))
+    blocks = paced(blocks, partial(watcher.pause, wanted.sleep_ms / 1000.0))
     return stream_response(blocks, "text/html; charset=utf-8", watcher)
 
 
