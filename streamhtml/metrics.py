@@ -20,6 +20,8 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.values import MutexValue, ValueClass
 
+from .observe import CLIENT_GONE, SHUTDOWN
+
 # The classic text format: every scraper reads it, Cloud Foundry's Metric Registrar included.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -73,9 +75,9 @@ def observe_request(fields: dict) -> None:
         metric["duration"].labels(endpoint, fields["outcome"]).observe(
             fields["duration_ms"] / 1000.0
         )
-        if fields["outcome"] == "client_gone":
+        if fields["outcome"] == CLIENT_GONE:
             metric["hangups"].labels(endpoint).inc()
-        elif fields["outcome"] == "cut_by_shutdown":
+        elif fields["outcome"] == SHUTDOWN:
             metric["cut"].labels(endpoint).inc()
 
 
