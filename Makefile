@@ -13,8 +13,10 @@ $(VENV)/.runtime: requirements.txt
 	$(BIN)/python -m pip install --quiet --find-links vendor -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+# The test tools, and the package itself (editable), so tests import it as users would.
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e . --config-settings editable_mode=compat
 	touch $@
 
 # Plain-text logs for a terminal, unless LOG_FORMAT says otherwise; Cloud Foundry gets JSON.
@@ -35,6 +37,7 @@ tools:
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .

@@ -1,7 +1,8 @@
-"""gunicorn's settings, every one from the environment (read by streamhtml.settings).
+"""gunicorn's settings, every one from the environment (declared in streamhtml/settings.py).
 
-The Procfile and `make run` both start `gunicorn --config gunicorn.conf.py app:app`.
-The README lists each variable with its default.
+The Procfile and `make run` both start `gunicorn --config gunicorn.conf.py app:app`; gunicorn
+has put its working directory (the app's) on sys.path before it runs this file.
+docs/operations.md lists each variable with its default.
 """
 
 import os
@@ -9,8 +10,6 @@ import shutil
 import signal
 import sys
 import tempfile
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # prometheus_client picks multiprocess mode from this variable when it is first imported, so it
 # is set before anything imports it; workers inherit it. The directory is the one thing the
@@ -21,44 +20,36 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 else:
     _metrics_dir_made_here = None
 
-from streamhtml import live, logs, metrics  # noqa: E402
-from streamhtml.settings import SettingsError, load_server_settings, load_settings  # noqa: E402
+from streamhtml import capacity, logs, memory, metrics  # noqa: E402
+from streamhtml.settings import SettingsError, load_settings  # noqa: E402
 
 try:
-    _server = load_server_settings()
-    load_settings()  # the app's limits too: a bad one stops the start here, with its name
+    _settings = load_settings()
 except SettingsError as error:
     # SystemExit passes through gunicorn's config loader: one clear line, no traceback.
     sys.exit(f"streamhtml: invalid setting: {error}")
+_server = _settings.server
 
 bind = [f"0.0.0.0:{_server.port}"]
 workers = _server.workers
 
-# gthread, chosen by measurement (bench/SWEEP.md, bench/RESULTS.md): each worker's main thread
-# keeps telling the arbiter it is alive while request threads stream, so a stream may outlive
-# `timeout`; and one worker serves `threads` streams at once, so slow clients do not each hold
-# a process. The sync worker does neither: it is killed mid-stream after `timeout`, serves one
-# client at a time, and measured 0.74x the minimal app on the sample's ab test and a 3.6 s
-# /health p99 under 500 streams, against 1.08x and 21 ms for this worker.
-# "gthread" is gunicorn's gthread worker with one change (streamhtml/worker.py): a stream
-# that does not pause has its chunks sent in 64 KiB writes, framed exactly as before.
+# Why gthread, and what StreamingWorker changes in it: docs/operations.md#the-worker.
 worker_class = "streamhtml.worker.StreamingWorker" if _server.worker_class == "gthread" else "sync"
 # gunicorn would quietly turn a sync worker with threads > 1 into gthread.
 threads = _server.threads if _server.worker_class == "gthread" else 1
-# Enough connection slots for every thread plus idle keep-alive connections.
-worker_connections = max(1000, 2 * _server.threads)
+worker_connections = _server.worker_connections
 
 timeout = _server.timeout_s
 # Cloud Foundry sends SIGKILL 10 s after SIGTERM: in-flight streams get less than that.
 graceful_timeout = _server.graceful_timeout_s
-# Longer than the 60 s idle timeout of common load balancers, so the proxy closes an idle
-# connection first and never sends a request down one that gunicorn has just closed.
+# gorouter keeps idle connections to the app 90 s: this outlasts it, so gorouter always closes
+# an idle connection first and never sends a request down one gunicorn has just closed.
 keepalive = _server.keepalive_s
 backlog = _server.backlog
 
 # One line per request, in one shape with gunicorn's own records (streamhtml/logs.py).
 # Cloud Foundry's buildpack sets GUNICORN_CMD_ARGS="--access-logfile -": gunicorn applies it,
-# then logconfig_dict replaces its handlers, so the lines keep this shape and are not doubled.
+# then logconfig_dict replaces its handlers, and the request line is written by the app.
 loglevel = _server.log_level
 errorlog = "-"
 accesslog = "-"
@@ -70,19 +61,22 @@ capture_output = False
 # nothing here uses it, and the app writes no files at run time.
 control_socket_disable = True
 
+# Fewer malloc arenas, so memory freed by many threads goes back (streamhtml/memory.py).
+memory.limit_arenas()
 
-# Streams counted across workers (streamhtml/live.py): the master gives each worker a slot of
-# a shared page before forking it, and clears the slot when the worker exits, however it died.
+
+# Streams counted across workers (streamhtml/capacity.py): the master gives each worker a slot
+# of a shared page before forking it, and clears the slot when the worker exits, however it died.
 def pre_fork(server, worker):
-    live.assign_slot(worker)
+    capacity.assign_slot(worker)
 
 
 def post_fork(server, worker):
-    live.attach_worker(worker)
+    capacity.attach_worker(worker)
 
 
 def child_exit(server, worker):
-    live.release_slot(worker)
+    capacity.release_slot(worker)
     metrics.mark_worker_dead(worker.pid)
 
 
@@ -100,7 +94,7 @@ def post_worker_init(worker):
     gunicorn_on_term = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):
-        live.begin_shutdown(max(0.0, graceful_timeout - SHUTDOWN_MARGIN_S))
+        capacity.begin_shutdown(max(0.0, graceful_timeout - SHUTDOWN_MARGIN_S))
         gunicorn_on_term(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)

@@ -1,12 +1,14 @@
 """Pure stream generators: HTML blocks and CSV rows. No Flask, no I/O, no logging."""
 
 import csv
-import functools
 import itertools
 import os
 import random
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 LINE_END = b"<br>\n"
 LETTERS = b"abcdefghijklmnopqrstuvwxyz"
@@ -16,32 +18,29 @@ LETTERS = b"abcdefghijklmnopqrstuvwxyz"
 POOL_BYTES = 1 << 20
 _TO_LETTERS = bytes(LETTERS[i % len(LETTERS)] for i in range(256))
 _POOL = os.urandom(POOL_BYTES).translate(_TO_LETTERS)
-_LONGEST_SLICE = POOL_BYTES // 2
 
-# For small blocks the per-block slice still shows on the hot path, so each block size gets a
-# ring of distinct blocks made once per process and shared by every request of that size.
-# The ring spans at least RING_BYTES, far beyond gzip's 32 KiB window, so a compressing proxy
-# cannot fold repeated blocks; blocks larger than RING_MAX_BLOCK are cut one by one instead.
+# Blocks up to RING_MAX_BLOCK come from a ring of distinct blocks made once per process and
+# block size, shared by every request of that size. The ring spans at least RING_BYTES, far
+# beyond gzip's 32 KiB window, so a compressing proxy cannot fold repeated blocks. A stream
+# that never ends keeps its ring alive, so at most RINGS_ALIVE rings exist at once; a size
+# beyond them is cut block by block instead.
 RING_BYTES = 1 << 20
 RING_MIN_BLOCKS = 16
 RING_MAX_BLOCKS = 4096
 RING_MAX_BLOCK = 64 << 10
 RING_SIZES_CACHED = 8
+RINGS_ALIVE = 16
+# Larger blocks are the tails of TAILS shared buffers, each ending in LINE_END: a block is a
+# view of the last block_size bytes of one of them, so no stream holds a copy of its block,
+# however large, and a client that stops reading pins nothing of its own.
+TAILS = 4
+TAIL_MIN_BYTES = 1 << 20
 
 
 def random_letters(count: int, rng: random.Random) -> bytes:
-    """`count` random lowercase letters, made of slices of the pool at random offsets."""
-    if count <= _LONGEST_SLICE:
-        start = rng.randrange(POOL_BYTES - count + 1)
-        return _POOL[start : start + count]
-    parts = []
-    remaining = count
-    while remaining:
-        part = min(remaining, _LONGEST_SLICE)
-        start = rng.randrange(POOL_BYTES - part + 1)
-        parts.append(_POOL[start : start + part])
-        remaining -= part
-    return b"".join(parts)
+    """`count` random lowercase letters (at most POOL_BYTES), one slice of the pool."""
+    start = rng.randrange(POOL_BYTES - count + 1)
+    return _POOL[start : start + count]
 
 
 def _letter_count(block_size: int) -> int:
@@ -53,20 +52,41 @@ def _finish(letters: bytes, block_size: int) -> bytes:
 
 
 def random_block(block_size: int, rng: random.Random) -> bytes:
-    """One block: letters then `<br>\\n`, or only letters when the block is under 5 bytes."""
+    """One block of up to RING_MAX_BLOCK bytes: letters then `<br>\\n` (letters only under 5)."""
     return _finish(random_letters(_letter_count(block_size), rng), block_size)
 
 
-def static_block(block_size: int) -> bytes:
-    count = _letter_count(block_size)
-    return _finish((LETTERS * (count // len(LETTERS) + 1))[:count], block_size)
+class _Ring(list):
+    """A ring of blocks; a list subclass so the registry can hold it weakly."""
 
 
-@functools.lru_cache(maxsize=RING_SIZES_CACHED)
-def _ring(block_size: int) -> tuple[bytes, ...]:
+class _Rings:
+    """The rings alive in this process: at most RINGS_ALIVE, the last RING_SIZES_CACHED kept."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._alive: weakref.WeakValueDictionary[int, _Ring] = weakref.WeakValueDictionary()
+        self._kept: dict[int, _Ring] = {}
+
+    def get(self, block_size: int) -> _Ring | None:
+        with self._lock:
+            ring = self._alive.get(block_size)
+            if ring is None:
+                if len(self._alive) >= RINGS_ALIVE:
+                    return None
+                ring = _Ring(_make_ring(block_size))
+                self._alive[block_size] = ring
+            self._kept.pop(block_size, None)
+            self._kept[block_size] = ring
+            while len(self._kept) > RING_SIZES_CACHED:
+                del self._kept[next(iter(self._kept))]
+            return ring
+
+
+def _make_ring(block_size: int) -> list[bytes]:
     rng = random.Random()
     count = max(RING_MIN_BLOCKS, min(RING_MAX_BLOCKS, -(-RING_BYTES // block_size)))
-    ring = []
+    ring: list[bytes] = []
     while len(ring) < count:
         block = random_block(block_size, rng)
         # Tiny blocks have few values: redraw so neighbours differ, across the wrap too.
@@ -78,26 +98,84 @@ def _ring(block_size: int) -> tuple[bytes, ...]:
         ):
             continue
         ring.append(block)
-    return tuple(ring)
+    return ring
+
+
+class _Tails:
+    """`count` shared buffers of letters, each ending in LINE_END; blocks are views of them."""
+
+    def __init__(self, count: int, letters: Callable[[int], bytes]):
+        self._count = count
+        self._letters = letters
+        self._lock = threading.Lock()
+        self._buffers: list[bytes] = []
+
+    def views(self, block_size: int) -> list[memoryview]:
+        buffers = self._buffers
+        if not buffers or len(buffers[0]) < block_size:
+            buffers = self._grow(block_size)
+        return [memoryview(buffer)[len(buffer) - block_size :] for buffer in buffers]
+
+    def _grow(self, block_size: int) -> list[bytes]:
+        with self._lock:
+            if not self._buffers or len(self._buffers[0]) < block_size:
+                # Powers of two, so a range of sizes does not regrow them each time; streams
+                # still on the old buffers keep them until they end.
+                size = max(TAIL_MIN_BYTES, 1 << (block_size - 1).bit_length())
+                letters = size - len(LINE_END)
+                self._buffers = [self._letters(letters) + LINE_END for _ in range(self._count)]
+            return self._buffers
+
+
+def _random_letters_of(count: int) -> bytes:
+    return os.urandom(count).translate(_TO_LETTERS)
+
+
+def _cyclic_letters_of(count: int) -> bytes:
+    # Aligned so every static block ends in "...xyz<br>\n", whatever its size.
+    return (LETTERS * (count // len(LETTERS) + 1))[-count:]
+
+
+_rings = _Rings()
+_random_tails = _Tails(TAILS, _random_letters_of)
+_static_tail = _Tails(1, _cyclic_letters_of)
+
+
+def _static_view(block_size: int) -> bytes | memoryview:
+    if block_size < len(LINE_END):
+        return LETTERS[-block_size:]
+    (view,) = _static_tail.views(block_size)
+    return view
+
+
+def static_block(block_size: int) -> bytes:
+    """The block `use_static_data=1` repeats: the same letters for every block of a size."""
+    return bytes(_static_view(block_size))
 
 
 def html_blocks(
     nblocks: int, block_size: int, static: bool = False, rng: random.Random | None = None
-) -> Iterator[bytes]:
-    """Exactly `nblocks` blocks of exactly `block_size` bytes each.
+) -> Iterator[bytes | memoryview]:
+    """Exactly `nblocks` blocks of exactly `block_size` bytes each, bytes or memoryviews.
 
     Consecutive random blocks always differ. The iterator is built from C-level itertools
     where it can be, since it runs once per chunk on the hot path.
     """
     if static:
-        return itertools.repeat(static_block(block_size), nblocks)
+        return itertools.repeat(_static_view(block_size), nblocks)
     # The module's generator: a new Random() per request would cost a getrandom() syscall.
-    rng = rng or random
+    source: Any = rng or random
     if block_size > RING_MAX_BLOCK:
-        return (random_block(block_size, rng) for _ in range(nblocks))
-    ring = _ring(block_size)
-    start = rng.randrange(len(ring))
-    return itertools.islice(itertools.cycle(ring), start, start + nblocks)
+        blocks: list = _random_tails.views(block_size)
+    else:
+        ring = _rings.get(block_size)
+        if ring is None:
+            return (random_block(block_size, source) for _ in range(nblocks))
+        blocks = ring
+    start = source.randrange(len(blocks))
+    # repeat() holds the ring itself, so the registry sees it alive while this stream is.
+    endless = itertools.chain.from_iterable(itertools.repeat(blocks))
+    return itertools.islice(endless, start, start + nblocks)
 
 
 def paced(chunks: Iterable[bytes], pause: Callable[[], bool]) -> Iterator[bytes]:

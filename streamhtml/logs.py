@@ -1,35 +1,56 @@
-"""Logging for gunicorn and the app: one line per request, as JSON (default) or plain text.
+"""Logs: gunicorn's records and the app's as JSON lines (or text), and one line per request.
 
-gunicorn's error log, its access log and the app's own records share one shape, so a log
-parser (Cloud Foundry's `cf register-log-format APP json`) reads them all.
+Everything goes to stdout, where Cloud Foundry's Loggregator collects it, in one shape, so a
+log parser (`cf register-log-format APP json`) reads every line. The request line is an
+observer of the request record (streamhtml/observe.py), written without going through
+`logging`; the metrics are another observer, so they count whether or not lines are written.
 """
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from typing import Any
 
 from gunicorn import glogging
 
-from . import metrics
-from .live import STREAM_ENVIRON_KEY, LiveStream
-from .observe import CLIENT_GONE, COMPLETE, REQUEST_ID_HEADER
+from . import metrics, observe
 from .settings import load_settings
 
 TEXT_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
+JSON_RENAMES = {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}
+
+# A path may carry %0a once decoded: in a text line it would start a forged line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def escape_controls(text: str) -> str:
+    return _CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
+
+
+class TextFormatter(logging.Formatter):
+    """logging's plain format, with control characters in the message shown escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 def logconfig_dict(log_format: str, level: str) -> dict:
     """gunicorn's `logconfig_dict`: every logger to stdout, where Loggregator collects it."""
+    formatter: dict[str, Any]
     if log_format == "json":
         formatter = {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": JSON_FORMAT,
-            "rename_fields": {
-                "asctime": "time",
-                "levelname": "level",
-                "name": "logger",
-                "process": "pid",
-            },
+            "rename_fields": JSON_RENAMES,
         }
     else:
-        formatter = {"format": TEXT_FORMAT}
+        formatter = {"()": TextFormatter, "fmt": TEXT_FORMAT}
     handler = {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stdout"}
     logger = {"handlers": ["stdout"], "propagate": False}
     return {
@@ -46,63 +67,80 @@ def logconfig_dict(log_format: str, level: str) -> dict:
     }
 
 
-def _header(headers, name: str) -> str | None:
-    lowered = name.lower()
-    for key, value in headers:
-        if key.lower() == lowered:
-            return value
-    return None
+def log_time(now: float) -> str:
+    """The time as logging's asctime writes it, so request lines sort with the others."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
 
 
-def _outcome(resp, environ) -> str:
-    stream = environ.get(STREAM_ENVIRON_KEY)
-    if isinstance(stream, LiveStream):
-        return stream.settled_outcome()
-    if resp.response_length is not None and resp.sent < resp.response_length:
-        return CLIENT_GONE
-    return COMPLETE
+def summary(record: observe.RequestRecord) -> str:
+    query = f"?{record.query}" if record.query else ""
+    queue = f" queue {record.queue_ms:.1f} ms" if record.queue_ms is not None else ""
+    return (
+        f"{record.method} {record.path}{query} {record.status} {record.bytes_sent} bytes "
+        f"{record.duration_ms:.1f} ms {record.outcome}{queue}"
+    )
+
+
+class RequestLine:
+    """Writes the one line per request, JSON or text, straight to stdout in one write."""
+
+    def __init__(self, log_format: str, instance_index: str | None, fd: int = 1):
+        self.json = log_format == "json"
+        self.instance_index = instance_index
+        self.fd = fd
+
+    def __call__(self, record: observe.RequestRecord) -> None:
+        now = time.time()
+        if self.json:
+            line = json.dumps(
+                {
+                    "time": log_time(now),
+                    "level": "INFO",
+                    "logger": "gunicorn.access",
+                    "pid": os.getpid(),
+                    "message": summary(record),
+                    "request_id": record.request_id,
+                    "method": record.method,
+                    "route": record.route,
+                    "path": record.path,
+                    "query": record.query,
+                    "status": record.status,
+                    "bytes_sent": record.bytes_sent,
+                    "duration_ms": record.duration_ms,
+                    "outcome": record.outcome,
+                    "queue_ms": record.queue_ms,
+                    "peer_addr": record.peer_addr,
+                    "forwarded_for": record.forwarded_for,
+                    "forwarded_trusted": record.forwarded_trusted,
+                    "user_agent": record.user_agent,
+                    "instance_index": self.instance_index,
+                }
+            )
+        else:
+            line = (
+                f"{log_time(now)} [{os.getpid()}] [INFO] gunicorn.access: "
+                f"{escape_controls(summary(record))}"
+            )
+        os.write(self.fd, (line + "\n").encode("utf-8", "backslashreplace"))
 
 
 class RequestLogger(glogging.Logger):
-    """gunicorn's logger, with its access line made the one structured record per request.
-
-    It is also the one hook every request passes through with its final status, bytes and
-    outcome, so it feeds the request metrics too.
-    """
+    """gunicorn's logger; its access() is the one hook every answered request passes."""
 
     def setup(self, cfg):
         super().setup(cfg)
-        self.instance_index = load_settings().instance.instance_index
+        settings = load_settings()
+        self.trust = observe.ForwardedTrust(list(cfg.forwarded_allow_ips))
+        observe.watch("metrics", metrics.observe_request)
+        line = RequestLine(settings.server.log_format, settings.instance.instance_index)
+        observe.watch("request line", line if settings.server.log_requests == "on" else None)
 
     def access(self, resp, req, environ, request_time):
-        if not self.access_log_enabled:
-            return
-        fields = {
-            "request_id": _header(resp.headers, REQUEST_ID_HEADER)
-            or environ.get("HTTP_X_VCAP_REQUEST_ID"),
-            "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
-            "query": environ.get("QUERY_STRING") or None,
-            "status": resp.status_code,
-            "bytes_sent": resp.sent,
-            "duration_ms": round(request_time.total_seconds() * 1000.0, 1),
-            "outcome": _outcome(resp, environ),
-            "remote_addr": environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR"),
-            "user_agent": environ.get("HTTP_USER_AGENT"),
-            "instance_index": self.instance_index,
-        }
         try:
-            metrics.observe_request(fields)
-            self.access_log.info(
-                "%s %s%s %s %d bytes %.1f ms %s",
-                fields["method"],
-                fields["path"],
-                f"?{fields['query']}" if fields["query"] else "",
-                fields["status"],
-                fields["bytes_sent"],
-                fields["duration_ms"],
-                fields["outcome"],
-                extra=fields,
+            record = observe.build_record(
+                resp, req, environ, request_time.total_seconds(), self.trust
             )
         except Exception:
-            self.exception("could not log a request")
+            self.exception("could not make the record of a request")
+            return
+        observe.publish(record)

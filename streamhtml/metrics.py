@@ -1,51 +1,61 @@
 """Prometheus metrics, correct across gunicorn workers.
 
 gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a fresh temp dir before any worker starts:
-each worker then keeps its values in files there, /metrics sums them, and the files of a
-recycled worker keep counting (its live gauges are dropped by the master on child_exit).
+each worker then keeps its counters in files there, /metrics sums them, and the files of a
+recycled worker keep counting. Streams in progress are not a Prometheus gauge: they are read
+at scrape time from the capacity tracker's shared page, the one place they are counted.
 Without that variable (Flask's test client) the values live in this process.
 """
 
-import functools
+from __future__ import annotations
+
+import threading
 
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.values import MutexValue, ValueClass
 
-from .observe import CLIENT_GONE, SHUTDOWN
+from .capacity import Tracker
+from .observe import CLIENT_GONE, SHUTDOWN, RequestRecord
 
 # The classic text format: every scraper reads it, Cloud Foundry's Metric Registrar included.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
-ENDPOINTS = ("/", "/health", "/info", "/metrics", "/streamhtml", "/large.csv")
-STREAM_ENDPOINTS = ("/streamhtml", "/large.csv")
 # prometheus_client chose its value class from PROMETHEUS_MULTIPROC_DIR when it was imported.
 MULTIPROCESS = ValueClass is not MutexValue
 DURATION_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900)
+QUEUE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-@functools.cache
-def _metrics():
-    # Made on first use, in the worker, so each value belongs to that worker's pid.
+_made: dict | None = None
+_making = threading.Lock()
+
+
+def _metrics() -> dict:
+    # Made on first use, in the worker, so each value belongs to that worker's pid; under a
+    # lock, since the first requests of a worker arrive on several threads at once.
+    global _made
+    if _made is None:
+        with _making:
+            if _made is None:
+                _made = _make_metrics()
+    return _made
+
+
+def _make_metrics() -> dict:
     return {
         "requests": Counter(
             "streamhtml_requests", "Requests answered", ["endpoint", "method", "status"]
         ),
         "bytes": Counter("streamhtml_streamed_bytes", "Body bytes sent by streams", ["endpoint"]),
-        "in_progress": Gauge(
-            "streamhtml_streams_in_progress",
-            "Streams being sent now",
-            ["endpoint"],
-            multiprocess_mode="livesum",
-        ),
         "hangups": Counter(
             "streamhtml_client_hangups", "Streams the client left before the end", ["endpoint"]
         ),
@@ -58,47 +68,76 @@ def _metrics():
             ["endpoint", "outcome"],
             buckets=DURATION_BUCKETS_S,
         ),
+        "queue": Histogram(
+            "streamhtml_queue_seconds",
+            "Time from the router's X-Request-Start to the app seeing the request",
+            buckets=QUEUE_BUCKETS_S,
+        ),
+        "dropped": Counter(
+            "streamhtml_connections_dropped",
+            "Connections closed before a request was served",
+            ["reason"],
+        ),
     }
 
 
-def endpoint_label(path: str | None) -> str:
-    """A fixed set of labels: any other path is "other", so 404s cannot grow the series."""
-    return path if path in ENDPOINTS else "other"
-
-
-def observe_request(fields: dict) -> None:
+def observe_request(record: RequestRecord) -> None:
+    """The metrics' observer of every request record."""
     metric = _metrics()
-    endpoint = endpoint_label(fields["path"])
-    metric["requests"].labels(endpoint, fields["method"], str(fields["status"])).inc()
-    if endpoint in STREAM_ENDPOINTS and fields["status"] == 200 and fields["method"] == "GET":
-        metric["bytes"].labels(endpoint).inc(fields["bytes_sent"])
-        metric["duration"].labels(endpoint, fields["outcome"]).observe(
-            fields["duration_ms"] / 1000.0
-        )
-        if fields["outcome"] == CLIENT_GONE:
+    endpoint = record.route_label
+    metric["requests"].labels(endpoint, record.method_label, str(record.status)).inc()
+    if record.queue_ms is not None:
+        metric["queue"].observe(max(0.0, record.queue_ms) / 1000.0)
+    if record.streamed:
+        metric["bytes"].labels(endpoint).inc(record.bytes_sent)
+        metric["duration"].labels(endpoint, record.outcome).observe(record.duration_ms / 1000.0)
+        if record.outcome == CLIENT_GONE:
             metric["hangups"].labels(endpoint).inc()
-        elif fields["outcome"] == SHUTDOWN:
+        elif record.outcome == SHUTDOWN:
             metric["cut"].labels(endpoint).inc()
 
 
-def stream_started(endpoint: str) -> None:
-    _metrics()["in_progress"].labels(endpoint_label(endpoint)).inc()
+def connection_dropped(reason: str) -> None:
+    _metrics()["dropped"].labels(reason).inc()
 
 
-def stream_ended(endpoint: str) -> None:
-    _metrics()["in_progress"].labels(endpoint_label(endpoint)).dec()
+class _InProgress:
+    """streamhtml_streams_in_progress, read from the tracker when scraped."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def collect(self):
+        gauge = GaugeMetricFamily(
+            "streamhtml_streams_in_progress", "Streams being sent now", labels=["endpoint"]
+        )
+        for route in self.tracker.routes:
+            gauge.add_metric([route], self.tracker.in_progress(route))
+        yield gauge
 
 
-def exposition() -> tuple[bytes, str]:
+def exposition(tracker: Tracker) -> tuple[bytes, str]:
     """The Prometheus text for /metrics, summed over every worker when there are several."""
+    registry = CollectorRegistry()
     if MULTIPROCESS:
-        registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE
-    return generate_latest(REGISTRY), CONTENT_TYPE
+    else:
+        registry.register(_Registered(REGISTRY))
+    registry.register(_InProgress(tracker))
+    return generate_latest(registry), CONTENT_TYPE
+
+
+class _Registered:
+    """This process's own registry, as one collector (single-process mode only)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        yield from self.registry.collect()
 
 
 def mark_worker_dead(pid: int) -> None:
-    """child_exit, in the master: drop the dead worker's live gauges."""
+    """child_exit, in the master: drop the dead worker's live values."""
     if MULTIPROCESS:
         multiprocess.mark_process_dead(pid)

@@ -1,24 +1,173 @@
-"""Observability basics: request ids and the names of stream outcomes (see logs, metrics)."""
+"""One record per request, handed to every observer (the log line, the metrics).
 
+gunicorn calls its logger's access() once per request it answered, its own 4xx for malformed
+requests included, with the final status and byte count: streamhtml/logs.py builds the record
+there, whatever the access-log setting, and hands it to the observers registered here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
 import logging
 import re
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import environ as env
 
 log = logging.getLogger("streamhtml")
 
-# How a stream ended: every stream logs exactly one of these.
+# How a request ended: every request is logged with exactly one of these.
 COMPLETE = "complete"
 CLIENT_GONE = "client_gone"
 SHUTDOWN = "cut_by_shutdown"
+STALLED = "stalled"
+DEADLINE = "deadline"
 ERROR = "error"
 
 REQUEST_ID_HEADER = "X-Vcap-Request-Id"
 # gorouter sends a UUID; anything else a client sends is replaced, never echoed, so a request
 # cannot put its own text into our headers or logs.
 _REQUEST_ID = re.compile(r"[0-9A-Za-z-]{8,64}")
+# Methods are counted as one of these or "other", so invented methods cannot grow /metrics.
+COUNTED_METHODS = ("GET", "HEAD")
+# Free text from the client is cut to this many characters in a log line.
+MAX_LOGGED_CHARS = 512
 
 
 def request_id(incoming: str | None) -> str:
     if incoming and _REQUEST_ID.fullmatch(incoming):
         return incoming
     return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    request_id: str
+    method: str
+    route: str | None  # the app's URL rule that matched, None when none did
+    path: str
+    query: str | None
+    status: int
+    bytes_sent: int
+    duration_ms: float
+    outcome: str
+    streamed: bool  # the body was a live stream (streamhtml/stream.py)
+    queue_ms: float | None
+    peer_addr: str | None
+    forwarded_for: str | None
+    forwarded_trusted: bool
+    user_agent: str | None
+
+    @property
+    def method_label(self) -> str:
+        return self.method if self.method in COUNTED_METHODS else "other"
+
+    @property
+    def route_label(self) -> str:
+        return self.route or "other"
+
+
+Observer = Callable[[RequestRecord], None]
+_observers: dict[str, Observer] = {}
+
+
+def watch(name: str, observer: Observer | None) -> None:
+    """Hand every record to `observer` under `name` (None stops it); a reload replaces it."""
+    if observer is None:
+        _observers.pop(name, None)
+    else:
+        _observers[name] = observer
+
+
+def publish(record: RequestRecord) -> None:
+    for observer in tuple(_observers.values()):
+        try:
+            observer(record)
+        except Exception:
+            log.exception("request observer %r failed", observer)
+
+
+def clipped(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_LOGGED_CHARS:
+        return text
+    return text[:MAX_LOGGED_CHARS] + "…"
+
+
+def _status(resp) -> int:
+    # gunicorn's own error responses (malformed requests) carry only the status line.
+    code = getattr(resp, "status_code", None)
+    if isinstance(code, int):
+        return code
+    try:
+        return int(str(resp.status).split()[0])
+    except (ValueError, IndexError):
+        return 0
+
+
+def _outcome(resp, environ: env.Environ) -> str:
+    stream = env.stream_of(environ)
+    if stream is not None:
+        return stream.settled_outcome()
+    cut = env.cut_outcome(environ)
+    if cut is not None:
+        return cut
+    length = getattr(resp, "response_length", None)
+    if length is not None and resp.sent < length:
+        return CLIENT_GONE
+    return COMPLETE
+
+
+def _response_header(resp, name: str) -> str | None:
+    lowered = name.lower()
+    for key, value in getattr(resp, "headers", ()):
+        if key.lower() == lowered:
+            return value
+    return None
+
+
+class ForwardedTrust:
+    """Whether a peer may speak for the client: gunicorn's forwarded_allow_ips, read once."""
+
+    def __init__(self, allowed: list[str]):
+        self.everyone = "*" in allowed
+        self.networks = []
+        for entry in allowed:
+            try:
+                self.networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                continue
+
+    def trusts(self, peer: str | None) -> bool:
+        if self.everyone:
+            return True
+        try:
+            address = ipaddress.ip_address(peer or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
+def build_record(
+    resp, req, environ: env.Environ, duration_s: float, trust: ForwardedTrust
+) -> RequestRecord:
+    peer = environ.get("REMOTE_ADDR")
+    return RequestRecord(
+        request_id=_response_header(resp, REQUEST_ID_HEADER)
+        or request_id(environ.get("HTTP_X_VCAP_REQUEST_ID")),
+        method=clipped(environ.get("REQUEST_METHOD") or getattr(req, "method", None)) or "",
+        route=env.route_of(environ),
+        path=clipped(environ.get("PATH_INFO") or getattr(req, "path", None)) or "",
+        query=clipped(environ.get("QUERY_STRING")) or None,
+        status=_status(resp),
+        bytes_sent=resp.sent,
+        duration_ms=round(duration_s * 1000.0, 1),
+        outcome=_outcome(resp, environ),
+        streamed=env.stream_of(environ) is not None,
+        queue_ms=env.queue_ms(environ),
+        peer_addr=peer,
+        forwarded_for=clipped(environ.get("HTTP_X_FORWARDED_FOR")),
+        forwarded_trusted=trust.trusts(peer),
+        user_agent=clipped(environ.get("HTTP_USER_AGENT")),
+    )

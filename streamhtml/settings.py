@@ -1,9 +1,19 @@
-"""Every setting, read from the environment in one place, validated, frozen."""
+"""Every setting, declared once, read from the environment in one place, validated, frozen.
+
+Each setting is a dataclass field whose metadata holds its environment variable, bounds, doc
+and the small value the tests run with. The loaders, the settings table in docs/operations.md
+(`python -m streamhtml.settings`) and the tests' small limits are all derived from it.
+"""
+
+from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .numbers import parse_bounded
 
@@ -13,9 +23,12 @@ GiB = 1024 * MiB
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
-# gthread serves many streams per worker and keeps long streams alive past `timeout`;
-# sync is offered for comparison only (one client per worker, streams cut at `timeout`).
+# gthread is the worker this project hardens and measures (bench/SWEEP.md); sync is there for
+# comparison only and has none of the defences of streamhtml/worker.py.
 WORKER_CLASSES = ("gthread", "sync")
+
+# Threads a worker keeps free of streams, so /health and refusals always find one.
+RESERVED_THREADS = 16
 
 
 class SettingsError(ValueError):
@@ -23,180 +36,305 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
-class IntSetting:
+class Setting:
+    """How one environment variable is read: its bounds or choices, and what it is for."""
+
     env: str
-    default: int
-    lowest: int
-    highest: int
+    default: int | str
     doc: str
+    lowest: int = 0
+    highest: int = 0
+    choices: tuple[str, ...] = ()
+    # The value the tests run with, so every limit can be hit cheaply; None keeps the default.
+    small: int | str | None = None
+
+    def read(self, environ: Mapping[str, str]) -> Any:
+        raw = environ.get(self.env)
+        if raw is None or raw == "":
+            return self.default
+        if self.choices:
+            if raw.lower() not in self.choices:
+                raise SettingsError(
+                    f"{self.env} must be one of {', '.join(self.choices)}; got {raw!r}"
+                )
+            return raw.lower()
+        value = parse_bounded(raw.strip(), self.lowest, self.highest)
+        if value is None:
+            raise SettingsError(
+                f"{self.env} must be a whole number from {self.lowest} to {self.highest}; "
+                f"got {raw!r}"
+            )
+        return value
+
+    @property
+    def accepted(self) -> str:
+        return ", ".join(self.choices) if self.choices else f"{self.lowest}–{self.highest}"
+
+
+def number(env, default, lowest, highest, doc, small=None) -> Any:
+    spec = Setting(env, default, doc, lowest=lowest, highest=highest, small=small)
+    return field(default=default, metadata={"setting": spec})
+
+
+def choice(env, default, choices, doc, small=None) -> Any:
+    spec = Setting(env, default, doc, choices=choices, small=small)
+    return field(default=default, metadata={"setting": spec})
 
 
 @dataclass(frozen=True)
-class ChoiceSetting:
-    env: str
-    default: str
-    choices: tuple[str, ...]
-    doc: str
+class Limits:
+    """What one request, one stream and one instance may cost; every one a 4xx or 503 past it."""
 
-
-# The table the README documents: (field name -> how it is read).
-LIMITS = {
-    "max_block_size": IntSetting(
-        "STREAMHTML_MAX_BLOCK_SIZE", 1 * MiB, 1, 64 * MiB, "largest block_size, bytes"
-    ),
-    "max_nblocks": IntSetting("STREAMHTML_MAX_NBLOCKS", 1_048_576, 1, 1 << 31, "largest nblocks"),
-    "max_response_bytes": IntSetting(
+    max_block_size: int = number(
+        "STREAMHTML_MAX_BLOCK_SIZE", 1 * MiB, 1, 64 * MiB, "largest `block_size`, bytes", 4096
+    )
+    max_nblocks: int = number(
+        "STREAMHTML_MAX_NBLOCKS", 1_048_576, 1, 1 << 31, "largest `nblocks`", 1000
+    )
+    max_response_bytes: int = number(
         "STREAMHTML_MAX_RESPONSE_BYTES",
         1 * GiB,
         1,
         1 << 40,
-        "largest nblocks x block_size, bytes",
-    ),
-    "max_sleep_ms": IntSetting(
-        "STREAMHTML_MAX_SLEEP_MS", 30_000, 0, 600_000, "largest sleep_ms between blocks"
-    ),
-    "max_stream_duration_s": IntSetting(
+        "largest `nblocks × block_size`, bytes",
+        1_000_000,
+    )
+    max_sleep_ms: int = number(
+        "STREAMHTML_MAX_SLEEP_MS",
+        30_000,
+        0,
+        600_000,
+        "largest `sleep_ms`, so an idle-timeout load balancer never sees a silent minute",
+        2000,
+    )
+    max_stream_duration_s: int = number(
         "STREAMHTML_MAX_STREAM_DURATION_S",
         600,
         1,
         86_400,
-        "largest nblocks x sleep_ms, seconds (gorouter cuts at 900 s)",
-    ),
-    "max_csv_rows": IntSetting(
-        "STREAMHTML_MAX_CSV_ROWS", 10_000_000, 1, 1_000_000_000, "largest rows for /large.csv"
-    ),
-    "max_streams": IntSetting(
+        "a stream's deadline, seconds: `nblocks × sleep_ms` over it is a 400, and a stream "
+        "still running at it is cut (`outcome=deadline`); under gorouter's 900 s cut",
+        5,
+    )
+    max_csv_rows: int = number(
+        "STREAMHTML_MAX_CSV_ROWS",
+        1_000_000,
+        1,
+        1_000_000_000,
+        "largest `rows` for /large.csv",
+        5000,
+    )
+    max_streams: int = number(
         "STREAMHTML_MAX_STREAMS",
         500,
         1,
         100_000,
         "concurrent streams per instance, all workers together; more get 503",
-    ),
-}
-# Threads a worker keeps free of streams, so /health and refusals always find one.
-RESERVED_THREADS = 16
-
-SERVER = {
-    "port": IntSetting("PORT", 8080, 1, 65_535, "TCP port, bound on 0.0.0.0"),
-    "workers": IntSetting("WEB_CONCURRENCY", 2, 1, 64, "gunicorn worker processes"),
-    "worker_class": ChoiceSetting(
-        "GUNICORN_WORKER_CLASS", "gthread", WORKER_CLASSES, "gunicorn worker class"
-    ),
-    "threads": IntSetting(
-        "GUNICORN_THREADS", 512, 1, 4096, "threads per gthread worker = concurrent requests"
-    ),
-    "timeout_s": IntSetting(
-        "GUNICORN_TIMEOUT", 30, 1, 3600, "worker silent-for-this-long is restarted, seconds"
-    ),
-    "graceful_timeout_s": IntSetting(
-        "GUNICORN_GRACEFUL_TIMEOUT", 8, 0, 3600, "time in-flight requests get after SIGTERM"
-    ),
-    "keepalive_s": IntSetting(
-        "GUNICORN_KEEPALIVE", 75, 0, 3600, "idle keep-alive connection lifetime, seconds"
-    ),
-    "backlog": IntSetting("GUNICORN_BACKLOG", 2048, 1, 65_535, "listen queue length"),
-    "log_level": ChoiceSetting("LOG_LEVEL", "info", LOG_LEVELS, "log level"),
-    "log_format": ChoiceSetting(
-        "LOG_FORMAT", "json", LOG_FORMATS, "json lines for Cloud Foundry, or text for a terminal"
-    ),
-}
-
-
-def _read(spec, environ: Mapping[str, str]):
-    raw = environ.get(spec.env)
-    if raw is None or raw == "":
-        return spec.default
-    if isinstance(spec, ChoiceSetting):
-        if raw.lower() not in spec.choices:
-            raise SettingsError(f"{spec.env} must be one of {', '.join(spec.choices)}; got {raw!r}")
-        return raw.lower()
-    value = parse_bounded(raw.strip(), spec.lowest, spec.highest)
-    if value is None:
-        raise SettingsError(
-            f"{spec.env} must be a whole number from {spec.lowest} to {spec.highest}; got {raw!r}"
-        )
-    return value
-
-
-def _read_table(table, environ):
-    return {name: _read(spec, environ) for name, spec in table.items()}
+    )
+    max_csv_streams: int = number(
+        "STREAMHTML_MAX_CSV_STREAMS",
+        4,
+        1,
+        100_000,
+        "concurrent /large.csv downloads per instance (each one keeps a core busy); more get 503",
+    )
+    stream_memory_percent: int = number(
+        "STREAMHTML_STREAM_MEMORY_PERCENT",
+        50,
+        1,
+        90,
+        "share of `MEMORY_LIMIT` that streams may hold, percent; past it new streams get 503",
+    )
+    stall_timeout_s: int = number(
+        "STREAMHTML_STALL_TIMEOUT_S",
+        60,
+        1,
+        3600,
+        "a response whose client accepts no byte for this long is cut (`outcome=stalled`)",
+        3,
+    )
+    header_timeout_s: int = number(
+        "STREAMHTML_HEADER_TIMEOUT_S",
+        10,
+        1,
+        3600,
+        "a connection that has not sent a whole request head this long after it opened, or "
+        "after its first byte when kept alive, is closed",
+        2,
+    )
+    max_head_bytes: int = number(
+        "STREAMHTML_MAX_HEAD_BYTES",
+        16 * KiB,
+        1 * KiB,
+        1 * MiB,
+        "largest request head (request line and headers), bytes; a longer one gets 431",
+    )
 
 
 @dataclass(frozen=True)
-class Limits:
-    max_block_size: int = LIMITS["max_block_size"].default
-    max_nblocks: int = LIMITS["max_nblocks"].default
-    max_response_bytes: int = LIMITS["max_response_bytes"].default
-    max_sleep_ms: int = LIMITS["max_sleep_ms"].default
-    max_stream_duration_s: int = LIMITS["max_stream_duration_s"].default
-    max_csv_rows: int = LIMITS["max_csv_rows"].default
-    max_streams: int = LIMITS["max_streams"].default
+class Server:
+    """gunicorn's settings (gunicorn.conf.py reads these and nothing else)."""
+
+    port: int = number(
+        "PORT", 8080, 1, 65_535, "TCP port, bound on 0.0.0.0 (Cloud Foundry sets it)"
+    )
+    workers: int = number("WEB_CONCURRENCY", 2, 1, 64, "gunicorn worker processes")
+    worker_class: str = choice(
+        "GUNICORN_WORKER_CLASS",
+        "gthread",
+        WORKER_CLASSES,
+        "worker class; sync is for comparison only and has none of the defences",
+    )
+    threads: int = number(
+        "GUNICORN_THREADS",
+        512,
+        RESERVED_THREADS + 1,
+        4096,
+        f"threads per worker; a worker admits at most this many streams less {RESERVED_THREADS}",
+    )
+    worker_connections: int = number(
+        "GUNICORN_WORKER_CONNECTIONS",
+        4000,
+        100,
+        100_000,
+        "open connections per worker; past it the oldest idle one is closed to make room",
+    )
+    timeout_s: int = number(
+        "GUNICORN_TIMEOUT", 30, 1, 3600, "seconds before a silent worker is restarted"
+    )
+    graceful_timeout_s: int = number(
+        "GUNICORN_GRACEFUL_TIMEOUT",
+        8,
+        0,
+        3600,
+        "seconds in-flight requests get after SIGTERM; under Cloud Foundry's 10 s SIGKILL",
+    )
+    keepalive_s: int = number(
+        "GUNICORN_KEEPALIVE",
+        120,
+        0,
+        3600,
+        "seconds an idle keep-alive connection is kept; over gorouter's 90 s, so it closes first",
+    )
+    backlog: int = number("GUNICORN_BACKLOG", 2048, 1, 65_535, "listen queue length")
+    log_level: str = choice("LOG_LEVEL", "info", LOG_LEVELS, "gunicorn's and the app's log level")
+    log_requests: str = choice(
+        "LOG_REQUESTS", "on", ("on", "off"), "one log line per request; metrics count either way"
+    )
+    log_format: str = choice(
+        "LOG_FORMAT",
+        "json",
+        LOG_FORMATS,
+        "one JSON line per record for Cloud Foundry, or plain text for a terminal",
+    )
 
 
 @dataclass(frozen=True)
 class Instance:
-    """What a person hitting a scaled route needs to tell instances apart."""
+    """What the platform says about this instance (never refused: it is not the operator's)."""
 
     app_name: str = "streamhtml"
     instance_index: str | None = None
+    memory_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True)
 class Settings:
     limits: Limits = Limits()
+    server: Server = Server()
     instance: Instance = Instance()
-    # A worker admits at most this many streams, whatever the instance total.
-    max_streams_per_worker: int = SERVER["threads"].default - RESERVED_THREADS
+
+    @property
+    def max_streams_per_worker(self) -> int:
+        if self.server.worker_class != "gthread":
+            return 1  # a sync worker serves one request at a time
+        return self.server.threads - RESERVED_THREADS
+
+    @property
+    def stream_memory_budget_bytes(self) -> int | None:
+        """What streams may hold on this instance, or None when the platform set no limit."""
+        if self.instance.memory_limit_bytes is None:
+            return None
+        return self.instance.memory_limit_bytes * self.limits.stream_memory_percent // 100
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    port: int
-    workers: int
-    worker_class: str
-    threads: int
-    timeout_s: int
-    graceful_timeout_s: int
-    keepalive_s: int
-    backlog: int
-    log_level: str
-    log_format: str
+def declared(group: type) -> Iterator[tuple[str, Setting]]:
+    """(field name, Setting) of every setting declared on a dataclass."""
+    for item in fields(group):
+        yield item.name, item.metadata["setting"]
 
 
-def _app_name(environ: Mapping[str, str]) -> str:
-    # VCAP_APPLICATION is the platform's, not the operator's: a bad one is not worth a refusal.
+def all_settings() -> list[Setting]:
+    return [spec for group in (Limits, Server) for _, spec in declared(group)]
+
+
+def _read_group(group: type, environ: Mapping[str, str]) -> Any:
+    return group(**{name: spec.read(environ) for name, spec in declared(group)})
+
+
+def small_limits() -> Limits:
+    """The limits the tests run with."""
+    values: dict[str, Any] = {
+        name: spec.small for name, spec in declared(Limits) if spec.small is not None
+    }
+    return Limits(**values)
+
+
+def small_limits_env() -> dict[str, str]:
+    """The same small limits, as the environment a test server starts with."""
+    return {spec.env: str(spec.small) for _, spec in declared(Limits) if spec.small is not None}
+
+
+# --- what the platform sets ------------------------------------------------------------------
+
+_MEMORY = re.compile(r"([0-9]{1,9})\s*([KMGT]?)B?", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": 1024 * GiB}
+
+
+def parse_memory(text: str) -> int | None:
+    """Bytes of a Cloud Foundry size such as `768m`, `768M`, `1G` or `512MB`; None if not one."""
+    match = _MEMORY.fullmatch(text.strip())
+    if not match:
+        return None
+    return int(match[1]) * _MEMORY_UNITS[match[2].upper()] or None
+
+
+def _vcap_application(environ: Mapping[str, str]) -> dict:
     try:
-        name = json.loads(environ.get("VCAP_APPLICATION", "{}")).get("name")
-    except (ValueError, AttributeError):
-        name = None
-    return name if isinstance(name, str) and name else "streamhtml"
+        parsed = json.loads(environ.get("VCAP_APPLICATION", "{}"))
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
-def _instance_index(environ: Mapping[str, str]) -> str | None:
-    raw = environ.get("CF_INSTANCE_INDEX", "")
-    return raw if parse_bounded(raw, 0, 1_000_000) is not None else None
+def _instance(environ: Mapping[str, str]) -> Instance:
+    name = _vcap_application(environ).get("name")
+    raw_index = environ.get("CF_INSTANCE_INDEX", "")
+    return Instance(
+        app_name=name if isinstance(name, str) and name else "streamhtml",
+        instance_index=raw_index if parse_bounded(raw_index, 0, 1_000_000) is not None else None,
+        memory_limit_bytes=parse_memory(environ.get("MEMORY_LIMIT", "")),
+    )
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     return Settings(
-        limits=Limits(**_read_table(LIMITS, environ)),
-        instance=Instance(app_name=_app_name(environ), instance_index=_instance_index(environ)),
-        max_streams_per_worker=_streams_per_worker(environ),
+        limits=_read_group(Limits, environ),
+        server=_read_group(Server, environ),
+        instance=_instance(environ),
     )
 
 
-def _streams_per_worker(environ: Mapping[str, str]) -> int:
-    if _read(SERVER["worker_class"], environ) != "gthread":
-        return 1  # a sync worker serves one request at a time
-    return max(1, _read(SERVER["threads"], environ) - RESERVED_THREADS)
+# --- the table in docs/operations.md ---------------------------------------------------------
 
 
-def load_server_settings(environ: Mapping[str, str] | None = None) -> ServerSettings:
-    environ = os.environ if environ is None else environ
-    return ServerSettings(**_read_table(SERVER, environ))
+def markdown_table() -> str:
+    rows = ["| variable | default | accepted | what it sets |", "|---|---|---|---|"]
+    for spec in all_settings():
+        rows.append(f"| `{spec.env}` | `{spec.default}` | {spec.accepted} | {spec.doc} |")
+    return "\n".join(rows)
 
 
-def all_specs():
-    """Every environment setting, for the README table and its test."""
-    return [*LIMITS.values(), *SERVER.values()]
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

@@ -1,17 +1,21 @@
-"""The Flask app: thin routes over the generators, one JSON error shape, the per-request hook."""
+"""The Flask app: thin routes over the generators, one JSON error shape, the request hooks."""
+
+from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from functools import partial
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from . import __version__, live, metrics, observe
-from .connection import ClientWatcher
-from .generators import csv_chunks, html_blocks, paced
+from . import __version__, capacity, metrics, observe
+from . import environ as env
+from .generators import CSV_CHUNK_BYTES, RING_MAX_BLOCK, csv_chunks, html_blocks
 from .params import BadParameter, parse_csv_request, parse_stream_request
-from .settings import Settings, load_settings
+from .settings import RESERVED_THREADS, Settings, load_settings
+from .stream import LiveStream
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache, no-store, must-revalidate",
@@ -20,7 +24,12 @@ STREAM_HEADERS = {
     # nginx and similar proxies pass blocks through as they come, even with gzip on.
     "X-Accel-Buffering": "no",
 }
+# The routes whose responses are live streams, admitted and counted by the tracker.
+STREAM_ROUTES = ("/streamhtml", "/large.csv")
 RETRY_AFTER_S = 1
+# What one admitted stream may hold, beyond the block or chunk it is sending: its thread's
+# stack, its objects and its share of the socket buffers (measured: docs/operations.md).
+STREAM_BASE_BYTES = 256 * 1024
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -33,7 +42,7 @@ def settings() -> Settings:
     return current_app.extensions["streamhtml"]
 
 
-def tracker() -> live.Tracker:
+def tracker() -> capacity.Tracker:
     return current_app.extensions["streamhtml.tracker"]
 
 
@@ -57,7 +66,7 @@ def instance_fields() -> dict:
         "version": __version__,
         "instance_index": current.instance.instance_index,
         "pid": os.getpid(),
-        "streams_in_progress": tracker().instance_live(),
+        "streams_in_progress": tracker().in_progress(),
     }
 
 
@@ -76,67 +85,87 @@ def health():
 def info():
     current = settings()
     limits = {**asdict(current.limits), "max_streams_per_worker": current.max_streams_per_worker}
+    limits["stream_memory_budget_bytes"] = current.stream_memory_budget_bytes
     return uncached_json(**instance_fields(), limits=limits)
 
 
 @get("/metrics")
 def prometheus_metrics():
-    body, content_type = metrics.exposition()
+    body, content_type = metrics.exposition(tracker())
     return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
 
 
 @get("/streamhtml")
 def streamhtml():
     wanted = parse_stream_request(request.args, settings().limits)
-    if request.method == "HEAD":
-        return stream_response(iter(()), "text/html; charset=utf-8")
-    blocks = html_blocks(wanted.nblocks, wanted.block_size, static=wanted.static)
-    if not wanted.sleep_ms:
-        # Nothing to wait for between blocks: no watcher, and the worker may batch sends.
-        request.environ[live.COALESCE_KEY] = True
-        return stream_response(blocks, "text/html; charset=utf-8")
-    watcher = ClientWatcher(request.environ.get("gunicorn.socket"))
-    blocks = paced(blocks, partial(watcher.pause, wanted.sleep_ms / 1000.0))
-    return stream_response(blocks, "text/html; charset=utf-8", watcher)
+    # A block up to RING_MAX_BLOCK may be a private copy; larger ones are shared views.
+    held_bytes = wanted.block_size if wanted.block_size <= RING_MAX_BLOCK else 0
+    return stream(
+        lambda: html_blocks(wanted.nblocks, wanted.block_size, static=wanted.static),
+        "text/html; charset=utf-8",
+        held_bytes,
+        pause_s=wanted.sleep_ms / 1000.0,
+    )
 
 
 @get("/large.csv")
 def large_csv():
     wanted = parse_csv_request(request.args, settings().limits)
-    rows = iter(()) if request.method == "HEAD" else csv_chunks(wanted.rows, wanted.seed)
-    response = stream_response(rows, "text/csv; charset=utf-8")
+    response = stream(
+        lambda: csv_chunks(wanted.rows, wanted.seed), "text/csv; charset=utf-8", CSV_CHUNK_BYTES
+    )
     response.headers["Content-Disposition"] = 'attachment; filename="large.csv"'
     return response
 
 
-def stream_response(chunks, content_type: str, watcher: ClientWatcher | None = None) -> Response:
-    """A streamed response, or a 503 when the instance is at capacity."""
-    if request.method != "HEAD":
-        stopped_early = (lambda: watcher.outcome) if watcher else (lambda: None)
-        chunks = live.LiveStream(
-            chunks,
-            request.environ.get("gunicorn.socket"),
-            partial(metrics.stream_ended, request.path),
-            stopped_early,
-        )
-        if not chunks.admit_to(tracker()):
-            return over_capacity()
-        metrics.stream_started(request.path)
-        # The request log (streamhtml/logs.py) reads the stream's outcome from here.
-        request.environ[live.STREAM_ENVIRON_KEY] = chunks
-    # direct_passthrough hands our iterable to gunicorn as is: no per-chunk wrapper in between,
-    # and gunicorn frames each item as one HTTP chunk.
-    return Response(
-        chunks, content_type=content_type, headers=STREAM_HEADERS, direct_passthrough=True
+def stream(
+    make_chunks: Callable[[], Iterator], content_type: str, held_bytes: int, pause_s: float = 0.0
+) -> Response:
+    """A live stream of `make_chunks()`, or a 503 when the instance cannot take one more.
+
+    HEAD gets the same headers and nothing else: no admission, no generator.
+    """
+    headers = dict(STREAM_HEADERS)
+    if request.method == "HEAD":
+        return Response(iter(()), content_type=content_type, headers=headers)
+    environ = request.environ
+    chunks = make_chunks()
+    if not env.sends_buffers(environ):
+        chunks = map(bytes, chunks)  # a server that takes bytes only (sync, test client)
+    if not pause_s:
+        # Nothing to wait for between items: the worker may batch their sends.
+        env.mark_coalescable(environ)
+    live = LiveStream(
+        chunks, env.client_socket(environ), settings().limits.max_stream_duration_s, pause_s
     )
+    streams = tracker()
+    route = env.route_of(environ) or request.path
+    refused = streams.admit(live, route, STREAM_BASE_BYTES + held_bytes)
+    if refused:
+        live.close()
+        return over_capacity(refused)
+    live.on_release(partial(streams.release, live))
+    env.attach_stream(environ, live)
+    # direct_passthrough hands our iterable to gunicorn as is: no per-chunk wrapper in between.
+    return Response(live, content_type=content_type, headers=headers, direct_passthrough=True)
 
 
-def over_capacity() -> Response:
+def over_capacity(reason: str) -> Response:
+    current = settings()
+    limits = current.limits
+    why = {
+        capacity.FULL: f"this instance is serving its maximum of {limits.max_streams} "
+        "concurrent streams (STREAMHTML_MAX_STREAMS)",
+        capacity.WORKER_FULL: f"this worker is serving its maximum of "
+        f"{current.max_streams_per_worker} streams (GUNICORN_THREADS less {RESERVED_THREADS})",
+        capacity.CSV_FULL: f"this instance is serving its maximum of {limits.max_csv_streams} "
+        "concurrent /large.csv downloads (STREAMHTML_MAX_CSV_STREAMS)",
+        capacity.MEMORY_FULL: "the streams in progress hold this instance's memory budget "
+        f"({limits.stream_memory_percent}% of MEMORY_LIMIT, STREAMHTML_STREAM_MEMORY_PERCENT)",
+        capacity.SHUTTING_DOWN: "this instance is shutting down",
+    }[reason]
     response = error_response(
-        503,
-        "over capacity",
-        f"this instance is serving its maximum of {settings().limits.max_streams} concurrent "
-        f"streams (STREAMHTML_MAX_STREAMS); retry in {RETRY_AFTER_S} s",
+        503, "over capacity", f"{why}; retry in {RETRY_AFTER_S} s", reason=reason
     )
     response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
@@ -159,8 +188,9 @@ def http_error(exc: HTTPException):
         404: "no such endpoint; GET / lists them",
         405: "only GET and HEAD are allowed here",
     }
-    response = error_response(exc.code, exc.name, details.get(exc.code, exc.description))
-    if exc.code == 405:
+    status = exc.code or 500
+    response = error_response(status, exc.name, details.get(status, exc.description or ""))
+    if status == 405:
         response.headers["Allow"] = "GET, HEAD"
     return response
 
@@ -177,26 +207,36 @@ def create_app(app_settings: Settings | None = None) -> Flask:
     # Flask reads FLASK_DEBUG from the environment; no setting may turn on the debugger.
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TESTING=False)
     app.extensions["streamhtml"] = app_settings
-    app.extensions["streamhtml.tracker"] = live.new_tracker(
-        app_settings.limits.max_streams, app_settings.max_streams_per_worker
+    limits = app_settings.limits
+    caps = capacity.Caps(
+        max_streams=limits.max_streams,
+        max_streams_here=app_settings.max_streams_per_worker,
+        max_csv_streams=limits.max_csv_streams,
+        memory_budget_bytes=app_settings.stream_memory_budget_bytes,
     )
+    app.extensions["streamhtml.tracker"] = capacity.new_tracker(caps, STREAM_ROUTES)
     app.register_blueprint(routes)
     app.register_error_handler(BadParameter, bad_parameter)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, server_error)
+    instance_index = app_settings.instance.instance_index
 
     @app.before_request
-    def assign_request_id():
+    def note_request():
         g.request_id = observe.request_id(request.headers.get(observe.REQUEST_ID_HEADER))
+        if request.url_rule is not None:
+            env.mark_route(request.environ, request.url_rule.rule)
 
     @app.after_request
     def common_headers(response: Response) -> Response:
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers[observe.REQUEST_ID_HEADER] = g.get("request_id") or observe.request_id(
-            None
-        )
-        if app_settings.instance.instance_index is not None:
-            response.headers["X-Instance-Index"] = app_settings.instance.instance_index
+        headers = response.headers
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers[observe.REQUEST_ID_HEADER] = g.get("request_id") or observe.request_id(None)
+        if instance_index is not None:
+            headers["X-Instance-Index"] = instance_index
+        queue_ms = env.queue_ms(request.environ)
+        if queue_ms is not None:
+            headers["Server-Timing"] = f"queue;dur={queue_ms:.1f}"
         return response
 
     return app

@@ -1,87 +1,498 @@
-"""gunicorn's gthread worker, with fewer send() calls for streams whose blocks are all ready.
+"""gunicorn's gthread worker, hardened so that slow, silent or never-reading clients cannot stop it.
 
-gunicorn writes each item a WSGI body yields with its own send(). Under gthread every send()
-releases the GIL, so with several streams per process each small block costs a hand-off
-between threads (bench/PROFILE.md: 4.6 futex calls per 512-byte chunk). For a stream that
-does not pause, every block is ready at once, so this worker gathers the framed chunks and
-sends them in writes of about SEND_BYTES. The bytes on the wire are exactly gunicorn's: each
-item is still its own HTTP chunk. A paced stream (sleep_ms > 0) is sent item by item, so each
-block leaves when it is made.
+gthread (docs/operations.md says why this project runs it) gives every request a thread, and
+in gunicorn 27.0 a thread also waits for a request head that has not arrived, blocks in a
+send to a client that never reads, and the main loop lingers up to 2 s over each connection it
+closes. This worker changes that through gthread's own seams, each pinned by
+tests/test_worker_seams.py to the gunicorn range in requirements.in:
+
+- Request heads are read in the worker's poller. A thread is handed a connection only once
+  its whole head is in, so half-sent heads cost a poller entry, never a thread; a head not
+  whole within STREAMHTML_HEADER_TIMEOUT_S, or over STREAMHTML_MAX_HEAD_BYTES, ends the
+  connection (`accept`, `enqueue_req`).
+- At GUNICORN_WORKER_CONNECTIONS the oldest connection that holds no request is closed to
+  make room, instead of the worker ceasing to accept (`accept`, `set_accept_enabled`).
+- Closing lingers in the poller (`TConn.close`), not on the main loop.
+- Responses are sent by StreamingResponse (`wsgi.create`): no send waits more than
+  STREAMHTML_STALL_TIMEOUT_S for the client to accept a byte, none goes past a stream's
+  deadline, and framing goes out with the block in one sendmsg() without copying it. A body
+  whose items are all ready at once (`environ.mark_coalescable`) is sent in writes of about
+  SEND_BYTES instead of one send per item; every item is still its own HTTP chunk.
+
+TLS and HTTP/2 in gunicorn itself are not used on Cloud Foundry (gorouter terminates TLS);
+with them configured the worker leaves head reading to gthread.
 """
 
-from gunicorn.http import wsgi
-from gunicorn.workers.gthread import ThreadWorker
+from __future__ import annotations
 
-from .live import COALESCE_KEY
+import contextlib
+import errno
+import json
+import logging
+import socket
+import struct
+import threading
+import time
+import uuid
+from functools import partial
+
+from gunicorn import util
+from gunicorn.http import wsgi
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from . import environ as env
+from . import metrics, observe
+from .observe import COMPLETE, DEADLINE, STALLED, RequestRecord
+from .settings import load_settings
+
+log = logging.getLogger("streamhtml")
 
 SEND_BYTES = 64 * 1024
+# sendmsg() takes at most IOV_MAX (1024 on Linux) buffers; each chunk is three.
+MAX_PARTS = 1020
+RECV_BYTES = 64 * 1024
+# As gunicorn's util.close_graceful: how long and how much a closing connection is drained.
+LINGER_S = 2.0
+LINGER_MAX_DRAIN = 64 * 1024
+# Connections taken per wake-up of the listener, so a flood is accepted (and judged) quickly.
+ACCEPT_BATCH = 64
+# How often the worker says how many connections it dropped, at most.
+DROP_REPORT_S = 10.0
+
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees at once
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 _CHUNK_END = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
-class CoalescingResponse(wsgi.Response):
+class ResponseCut(BrokenPipeError):
+    """We ended the response ourselves; gthread treats it as the broken pipe it becomes."""
+
+
+def _aborted(sock: socket.socket) -> bool:
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == _ABORT
+    except OSError:
+        return True
+
+
+class StreamingResponse(wsgi.Response):
+    """gunicorn's HTTP/1 response, sent with a stall timeout, a deadline and no copies."""
+
+    stall_timeout_s: float = 60.0
+    headers_sent: bool
+    sent: int
+
     def __init__(self, req, sock, cfg):
         super().__init__(req, sock, cfg)
-        self.environ: dict | None = None
-        self._pending: list[bytes] = []
+        self.environ: env.Environ = {}
+        self._parts: list = []
+        self._body_sizes: list[int] = []  # body bytes in each part; framing counts 0
         self._pending_bytes = 0
+        self._pending_body = 0
+        self._coalesce: bool | None = None
+        self._timeout_s: float | None = None
 
-    def _coalescing(self) -> bool:
-        return self.environ is not None and self.environ.get(COALESCE_KEY, False)
-
-    def _emit_body(self, data: bytes) -> None:
-        if not self._coalescing():
-            super()._emit_body(data)
+    # gunicorn's write(), but taking any buffer (a memoryview of a shared block, say) and
+    # counting a byte as sent only once the socket took it.
+    def write(self, arg) -> None:
+        self.send_headers()
+        if self._omits_body:
             return
+        size = len(arg)
+        if self.response_length is not None:
+            room = self.response_length - self.sent - self._pending_body
+            if room <= 0:
+                return
+            if size > room:
+                arg, size = memoryview(arg)[:room], room
+        if size == 0:
+            return  # an empty chunk would end a chunked body
         if self.chunked:
-            self._pending += (b"%X\r\n" % len(data), data, _CHUNK_END)
+            self._queue(b"%X\r\n" % size, 0)
+            self._queue(arg, size)
+            self._queue(_CHUNK_END, 0)
         else:
-            self._pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes >= SEND_BYTES:
+            self._queue(arg, size)
+        if self._coalesce is None:
+            self._coalesce = env.coalescable(self.environ)
+        if not self._coalesce or self._pending_bytes >= SEND_BYTES or len(self._parts) >= MAX_PARTS:
             self.flush()
 
-    def flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._pending_bytes = 0
-            self.sock.sendall(data)
+    def send_headers(self) -> None:
+        # Queued, not sent: they leave with the first body bytes, in the same write.
+        if self.headers_sent:
+            return
+        lines = self.default_headers()
+        lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
+        self._queue(util.to_bytestring("".join(lines) + "\r\n", "latin-1"), 0)
+        self.headers_sent = True
+
+    def sendfile(self, respiter) -> bool:
+        return False  # file bodies go through write(), and so get the same timeouts
 
     def close(self) -> None:
-        if self._pending and self.chunked:
-            self._pending.append(_LAST_CHUNK)  # the end of the body rides on the last write
-            self.flush()
-            return
+        self.send_headers()
+        if self.chunked:
+            self._queue(_LAST_CHUNK, 0)
         self.flush()
-        super().close()
+
+    def _queue(self, part, body_size: int) -> None:
+        self._parts.append(part)
+        self._body_sizes.append(body_size)
+        self._pending_bytes += len(part)
+        self._pending_body += body_size
+
+    def flush(self) -> None:
+        stream = env.stream_of(self.environ)
+        deadline = stream.deadline if stream is not None else None
+        while self._parts:
+            wait_s = self.stall_timeout_s
+            if deadline is not None:
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    self._cut(DEADLINE)
+                wait_s = min(wait_s, left_s)
+            if wait_s != self._timeout_s:
+                self.sock.settimeout(wait_s)
+                self._timeout_s = wait_s
+            try:
+                sent = self.sock.sendmsg(self._parts)
+            except TimeoutError:
+                late = deadline is not None and time.monotonic() >= deadline
+                self._cut(DEADLINE if late else STALLED)
+            self._consume(sent)
+
+    def _consume(self, sent: int) -> None:
+        """Drop what the socket took from the front of the queue, counting its body bytes."""
+        self._pending_bytes -= sent
+        done = 0
+        for index, part in enumerate(self._parts):
+            if not sent:
+                break
+            size = len(part)
+            if sent < size:
+                if self._body_sizes[index]:
+                    self.sent += sent
+                    self._pending_body -= sent
+                    self._body_sizes[index] -= sent
+                self._parts[index] = memoryview(part)[sent:]
+                break
+            sent -= size
+            self.sent += self._body_sizes[index]
+            self._pending_body -= self._body_sizes[index]
+            done = index + 1
+        del self._parts[:done]
+        del self._body_sizes[:done]
+
+    def _cut(self, outcome: str):
+        stream = env.stream_of(self.environ)
+        if stream is not None:
+            stream.cut(outcome)
+        else:
+            env.mark_cut(self.environ, outcome)
+        # Reset rather than close politely: a client that took nothing for so long would
+        # otherwise pin the unsent bytes in the kernel for minutes.
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+        raise ResponseCut(errno.EPIPE, f"response cut: {outcome}")
 
 
+_request = threading.local()
 _gunicorn_create = wsgi.create
 
 
 def _create(req, sock, client, server, cfg, response_class=None, response_args=()):
-    # HTTP/2 brings its own response class; only HTTP/1 responses are coalesced.
-    coalescing = response_class is None
+    if response_class is not None:  # HTTP/2 brings its own response class
+        return _gunicorn_create(req, sock, client, server, cfg, response_class, response_args)
     resp, environ = _gunicorn_create(
-        req,
-        sock,
-        client,
-        server,
-        cfg,
-        response_class=CoalescingResponse if coalescing else response_class,
-        response_args=response_args,
+        req, sock, client, server, cfg, response_class=StreamingResponse
     )
-    if coalescing:
-        resp.environ = environ
+    resp.environ = environ
+    env.mark_sends_buffers(environ)
+    env.mark_received(environ, getattr(_request, "received_at_s", None) or time.time())
+    if _has_body(req):
+        # No route reads a body; closing after the answer spares a thread the drain.
+        resp.force_close()
     return resp, environ
 
 
+def _has_body(req) -> bool:
+    for name, value in req.headers:
+        if name == "TRANSFER-ENCODING" or (name == "CONTENT-LENGTH" and value.strip() != "0"):
+            return True
+    return False
+
+
+class Connection(TConn):
+    """gthread's connection, with the head bytes read so far in the poller."""
+
+    def __init__(self, worker: StreamingWorker, cfg, sock, client, server):
+        super().__init__(cfg, sock, client, server)
+        self.worker = worker
+        self.head = bytearray()
+        self.deadline = 0.0
+        self.received_at_s = 0.0
+        self.drained = 0
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful and not _aborted(self.sock):
+            self.worker.close_later(self)
+        else:
+            util.close(self.sock)
+
+
 class StreamingWorker(ThreadWorker):
-    """gthread, building its HTTP/1 responses as CoalescingResponse."""
+    """gthread with heads read in the poller, lingering closes off the main loop, eviction
+    at the connection cap, and StreamingResponse for every HTTP/1 response."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        limits = load_settings().limits
+        self.header_timeout_s = float(limits.header_timeout_s)
+        self.max_head_bytes = limits.max_head_bytes
+        self.stall_timeout_s = float(limits.stall_timeout_s)
+        self.reads_heads = not self.cfg.is_ssl and "h2" not in self.cfg.http_protocols
+        # Insertion-ordered, and every entry gets the same timeout: oldest first is soonest due.
+        self.heads: dict[Connection, None] = {}
+        self.lingering: dict[Connection, None] = {}
+        self.dropped: dict[str, int] = {}
+        self.dropped_reported_at = time.monotonic()
 
     def init_process(self):
-        # gthread builds every response through wsgi.create(); in this worker process (only)
-        # it builds ours. The master and other worker classes are untouched.
+        # gthread builds every HTTP/1 response through wsgi.create(); in this worker process
+        # (only) it builds ours. The master and other worker classes are untouched.
         wsgi.create = _create
+        StreamingResponse.stall_timeout_s = self.stall_timeout_s
         super().init_process()
+
+    def handle(self, conn):
+        _request.received_at_s = getattr(conn, "received_at_s", None)
+        return super().handle(conn)
+
+    # --- accepting -----------------------------------------------------------------------
+
+    def accept(self, listener):
+        if not self.reads_heads:
+            return super().accept(listener)
+        for _ in range(ACCEPT_BATCH):
+            if self.nr_conns >= self.worker_connections and not self.evict_idle():
+                return
+            try:
+                client, address = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.count_drop("no_file_descriptors")
+                    self.evict_idle()
+                    return
+                raise
+            self.nr_conns += 1
+            conn = Connection(self, self.cfg, client, address, listener.getsockname())
+            conn.deadline = time.monotonic() + self.header_timeout_s
+            self.read_head(conn)
+
+    def set_accept_enabled(self, enabled):
+        # At the connection cap gthread stops accepting; while some connection is only
+        # idling, accept() closes it to make room instead.
+        if not enabled and self.alive and self.reads_heads and self.has_idle():
+            enabled = True
+        super().set_accept_enabled(enabled)
+
+    def has_idle(self) -> bool:
+        return bool(self.lingering or self.heads or self.keepalived_conns)
+
+    def evict_idle(self) -> bool:
+        """Close the oldest connection that holds no request being served; False if none."""
+        if self.lingering:
+            self.finish_linger(next(iter(self.lingering)))
+        elif self.heads:
+            self.drop_head(next(iter(self.heads)), "evicted")
+        elif self.keepalived_conns:
+            conn = self.keepalived_conns.popleft()
+            self.unregister(conn)
+            self.nr_conns -= 1
+            util.close(conn.sock)
+            self.count_drop("evicted")
+        else:
+            return False
+        return True
+
+    # --- reading heads in the poller ---------------------------------------------------------
+
+    def enqueue_req(self, conn):
+        # gthread calls this for a kept-alive connection that became readable and for one
+        # whose buffer already holds the start of its next request (pipelining).
+        if not self.reads_heads or not isinstance(conn, Connection):
+            return super().enqueue_req(conn)
+        if conn.parser is not None:
+            conn.head += conn.parser.unreader.take_buffered()
+        conn.deadline = time.monotonic() + self.header_timeout_s
+        if _head_complete(conn.head):
+            self.dispatch(conn)
+        else:
+            self.read_head(conn)
+
+    def read_head(self, conn: Connection, _sock=None) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            self.wait_for_head(conn)
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client left before sending a whole head
+            self.drop_head(conn, None)
+            return
+        conn.head += data
+        if _head_complete(conn.head, len(data)):
+            self.dispatch(conn)
+        elif len(conn.head) > self.max_head_bytes:
+            self.refuse_head(conn)
+        else:
+            self.wait_for_head(conn)
+
+    def wait_for_head(self, conn: Connection) -> None:
+        if conn not in self.heads:
+            self.heads[conn] = None
+            self.poller.register(conn.sock, _READ, partial(self.read_head, conn))
+
+    def stop_waiting(self, conn: Connection) -> None:
+        if self.heads.pop(conn, False) is None:
+            self.unregister(conn)
+
+    def dispatch(self, conn: Connection) -> None:
+        """The whole head is in: hand the connection to a thread, bytes and all."""
+        self.stop_waiting(conn)
+        if conn.parser is None:
+            conn.init()  # plain HTTP/1 here: makes the parser, no I/O
+        conn.parser.unreader.unread(bytes(conn.head))
+        conn.head = bytearray()
+        conn.received_at_s = time.time()
+        super().enqueue_req(conn)
+
+    def drop_head(self, conn: Connection, reason: str | None) -> None:
+        self.stop_waiting(conn)
+        self.nr_conns -= 1
+        util.close(conn.sock)
+        if reason:
+            self.count_drop(reason)
+
+    def refuse_head(self, conn: Connection) -> None:
+        self.stop_waiting(conn)
+        detail = f"the request head is over {self.max_head_bytes} bytes (STREAMHTML_MAX_HEAD_BYTES)"
+        body = json.dumps(
+            {"status": 431, "error": "Request Header Fields Too Large", "detail": detail}
+        ).encode()
+        head = (
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+            "Content-Type: application/json\r\nCache-Control: no-store\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with contextlib.suppress(OSError):
+            conn.sock.send(head + body, socket.MSG_DONTWAIT)
+        observe.publish(_refusal_record(conn, 431, len(body)))
+        self.nr_conns -= 1
+        self.close_later(conn)
+
+    def murder_pending(self):
+        # gthread's own timeout sweep, run on every turn of the main loop; ours ride along.
+        super().murder_pending()
+        now = time.monotonic()
+        while self.heads:
+            conn = next(iter(self.heads))
+            idle_at_stop = not self.alive and not conn.head
+            if conn.deadline > now and not idle_at_stop:
+                break
+            self.drop_head(conn, None if idle_at_stop else "head_timeout")
+        while self.lingering:
+            conn = next(iter(self.lingering))
+            if conn.deadline > now:
+                break
+            self.finish_linger(conn)
+        self.report_drops(now)
+
+    # --- closing without blocking the main loop ------------------------------------------
+
+    def close_later(self, conn: Connection) -> None:
+        """Close as RFC 9112 §9.6 asks, from the poller: send FIN, drain what the client
+        still sends for up to LINGER_S, then close, so the last response is not reset."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            util.close(conn.sock)
+            return
+        self.nr_conns += 1
+        conn.deadline = time.monotonic() + LINGER_S
+        conn.drained = 0
+        self.lingering[conn] = None
+        self.poller.register(conn.sock, _READ, partial(self.drain, conn))
+
+    def drain(self, conn: Connection, _sock=None) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.drained += len(data)
+        if not data or conn.drained >= LINGER_MAX_DRAIN:
+            self.finish_linger(conn)
+
+    def finish_linger(self, conn: Connection) -> None:
+        if self.lingering.pop(conn, False) is None:
+            self.unregister(conn)
+            self.nr_conns -= 1
+        util.close(conn.sock)
+
+    def unregister(self, conn) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+
+    # --- saying what was dropped, briefly --------------------------------------------------
+
+    def count_drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        metrics.connection_dropped(reason)
+
+    def report_drops(self, now: float) -> None:
+        # One line per interval, however many: a flood must not become a flood of log lines.
+        if not self.dropped or now - self.dropped_reported_at < DROP_REPORT_S:
+            return
+        summary = ", ".join(f"{count} {reason}" for reason, count in sorted(self.dropped.items()))
+        log.warning(
+            "closed connections in the last %.0f s: %s", now - self.dropped_reported_at, summary
+        )
+        self.dropped.clear()
+        self.dropped_reported_at = now
+
+
+_READ = 1  # selectors.EVENT_READ
+
+
+def _head_complete(head: bytearray, new_bytes: int | None = None) -> bool:
+    # Only the tail can hold an end that was not there before.
+    start = 0 if new_bytes is None else max(0, len(head) - new_bytes - 3)
+    return any(head.find(end, start) != -1 for end in _HEAD_ENDS)
+
+
+def _refusal_record(conn: Connection, status: int, body_bytes: int) -> RequestRecord:
+    peer = conn.client[0] if isinstance(conn.client, tuple) else None
+    return RequestRecord(
+        request_id=str(uuid.uuid4()),
+        method="",
+        route=None,
+        path="",
+        query=None,
+        status=status,
+        bytes_sent=body_bytes,
+        duration_ms=0.0,
+        outcome=COMPLETE,
+        streamed=False,
+        queue_ms=None,
+        peer_addr=peer,
+        forwarded_for=None,
+        forwarded_trusted=False,
+        user_agent=None,
+    )

@@ -1,31 +1,15 @@
+"""Fixtures: the app with small limits, and real gunicorn servers started as the Procfile does."""
+
 import pytest
 from support import Server
 
-from streamhtml.settings import Limits, Settings
+from streamhtml.settings import Settings, small_limits, small_limits_env
 from streamhtml.web import create_app
-
-# Small limits so every limit can be hit cheaply; wire tests pass the same as environment.
-SMALL_LIMITS = Limits(
-    max_block_size=4096,
-    max_nblocks=1000,
-    max_response_bytes=1_000_000,
-    max_sleep_ms=2000,
-    max_stream_duration_s=5,
-    max_csv_rows=5000,
-)
-SMALL_LIMITS_ENV = {
-    "STREAMHTML_MAX_BLOCK_SIZE": "4096",
-    "STREAMHTML_MAX_NBLOCKS": "1000",
-    "STREAMHTML_MAX_RESPONSE_BYTES": "1000000",
-    "STREAMHTML_MAX_SLEEP_MS": "2000",
-    "STREAMHTML_MAX_STREAM_DURATION_S": "5",
-    "STREAMHTML_MAX_CSV_ROWS": "5000",
-}
 
 
 @pytest.fixture
 def app():
-    return create_app(Settings(limits=SMALL_LIMITS))
+    return create_app(Settings(limits=small_limits()))
 
 
 @pytest.fixture
@@ -58,8 +42,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    """One shared gunicorn with the small limits."""
+    """One shared gunicorn with the small limits (streamhtml.settings declares them)."""
     log_path = tmp_path_factory.mktemp("small") / "gunicorn.log"
-    running = Server(log_path, env=SMALL_LIMITS_ENV).start()
+    running = Server(log_path, env=small_limits_env()).start()
     yield running
     running.stop()

@@ -5,9 +5,9 @@ import re
 from cf_support import REPO, manifest_app, megabytes
 from support import procfile_command
 
-from streamhtml.settings import all_specs
+from streamhtml.settings import all_settings
 
-KNOWN_SETTINGS = {spec.env: spec for spec in all_specs()}
+KNOWN_SETTINGS = {spec.env: spec for spec in all_settings()}
 
 
 def test_manifest_describes_two_http_checked_instances_on_cflinuxfs4():

@@ -1,33 +1,14 @@
 """Query parsing: plain ASCII decimal digits within range, or a 400 that names the parameter."""
 
 import pytest
-from conftest import SMALL_LIMITS
+from bad_input import BAD_NUMBERS
 from werkzeug.datastructures import MultiDict
 
 from streamhtml.numbers import parse_bounded
 from streamhtml.params import BadParameter, parse_csv_request, parse_stream_request
+from streamhtml.settings import small_limits
 
-# Every class of malformed number, each of which Python's int() or a lax parser might accept.
-BAD_NUMBERS = {
-    "plus sign": "+5",
-    "minus sign": "-5",
-    "leading space": " 5",
-    "trailing space": "5 ",
-    "inner space": "1 0",
-    "decimal point": "5.0",
-    "exponent": "1e3",
-    "hex": "0x10",
-    "underscore": "1_0",
-    "arabic-indic digit": "\u0663",
-    "fullwidth digit": "\uff15",
-    "superscript digit": "\u00b2",
-    "empty": "",
-    "letters": "ten",
-    "infinity": "inf",
-    "over-long": "0" * 12 + "1",
-    "newline": "5\n",
-    "nul": "5\x00",
-}
+SMALL_LIMITS = small_limits()
 
 
 @pytest.mark.parametrize("text", BAD_NUMBERS.values(), ids=BAD_NUMBERS.keys())

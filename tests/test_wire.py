@@ -11,8 +11,8 @@ import time
 from urllib.parse import quote
 
 import pytest
+from bad_input import BAD_NUMBERS
 from support import read_body, read_chunk, read_head, request, send_request
-from test_params import BAD_NUMBERS
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache, no-store, must-revalidate",

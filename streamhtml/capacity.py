@@ -1,0 +1,185 @@
+"""Admission of streams across gunicorn's workers, and the cut at shutdown.
+
+Counts live in one shared memory page that the master maps before it forks: each worker
+writes only its own slot, and admission sums every slot. gunicorn hands a connection to
+whichever worker accepts first, so a per-worker cap alone would refuse streams while another
+worker sat idle. The master clears a dead worker's slot, however it died.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger("streamhtml")
+
+MAX_SLOTS = 256  # workers alive at once, old and new ones included during a reload
+MAX_ROUTES = 8  # stream routes counted apart (the in-progress gauge is per route)
+_BYTES_COLUMN = MAX_ROUTES  # after the per-route counts: the bytes this worker's streams hold
+_COLUMNS = MAX_ROUTES + 1
+_page = memoryview(mmap.mmap(-1, MAX_SLOTS * _COLUMNS * 8)).cast("q")
+_free_slots = list(range(MAX_SLOTS - 1, -1, -1))
+
+
+class Cuttable(Protocol):
+    def cut(self, outcome: str) -> None: ...
+
+
+# Why a stream was refused; each becomes a 503 with Retry-After.
+FULL = "instance full"
+WORKER_FULL = "worker full"
+CSV_FULL = "csv downloads full"
+MEMORY_FULL = "memory budget full"
+SHUTTING_DOWN = "shutting down"
+
+
+@dataclass(frozen=True)
+class Caps:
+    max_streams: int
+    max_streams_here: int
+    max_csv_streams: int
+    memory_budget_bytes: int | None
+    csv_route: str = "/large.csv"
+
+
+# gunicorn hooks, in the master -----------------------------------------------------------
+
+
+def assign_slot(worker) -> None:
+    """pre_fork: give the worker about to be forked a slot of its own."""
+    worker.streamhtml_slot = _free_slots.pop()
+    _clear(worker.streamhtml_slot)
+
+
+def release_slot(worker) -> None:
+    """child_exit: a dead worker's streams are gone, however it died."""
+    slot = getattr(worker, "streamhtml_slot", None)
+    if slot is not None:
+        _clear(slot)
+        _free_slots.append(slot)
+
+
+def _clear(slot: int) -> None:
+    for column in range(_COLUMNS):
+        _page[slot * _COLUMNS + column] = 0
+
+
+# In the worker ------------------------------------------------------------------------------
+
+
+class Tracker:
+    """The live streams of one worker process, counted in its slot; thread-safe."""
+
+    def __init__(self, caps: Caps, routes: Sequence[str], slot: int | None = None):
+        if len(routes) > MAX_ROUTES:
+            raise ValueError(f"at most {MAX_ROUTES} stream routes are counted")
+        self.caps = caps
+        self.routes = tuple(routes)
+        self._column = {route: index for index, route in enumerate(self.routes)}
+        self._slot = slot
+        # Without a slot (Flask's test client) the counts live in this process only.
+        self._counts = [0] * _COLUMNS if slot is None else None
+        self._lock = threading.Lock()
+        self._live: dict[int, tuple[Cuttable, str, int]] = {}
+        self.shutting_down = False
+        self._grace_over = False
+
+    def _instance_sum(self, column: int) -> int:
+        if self._counts is not None:
+            return self._counts[column]
+        return sum(_page[slot * _COLUMNS + column] for slot in range(MAX_SLOTS))
+
+    def _add(self, column: int, delta: int) -> None:
+        if self._counts is not None:
+            self._counts[column] += delta
+        elif self._slot is not None:
+            _page[self._slot * _COLUMNS + column] += delta
+
+    def in_progress(self, route: str | None = None) -> int:
+        """Streams live on the instance: of one route, or of all."""
+        if route is not None:
+            return self._instance_sum(self._column[route])
+        return sum(self._instance_sum(column) for column in range(len(self.routes)))
+
+    def held_bytes(self) -> int:
+        return self._instance_sum(_BYTES_COLUMN)
+
+    def admit(self, stream: Cuttable, route: str, cost_bytes: int) -> str | None:
+        """Count `stream` in; None when admitted, else why it was refused."""
+        caps = self.caps
+        with self._lock:
+            # A worker told to stop may still take a request it had already accepted (a
+            # reload retires workers this way): serve it until the grace runs out.
+            if self._grace_over:
+                return SHUTTING_DOWN
+            if len(self._live) >= caps.max_streams_here:
+                return WORKER_FULL
+            if self.in_progress() >= caps.max_streams:
+                return FULL
+            if route == caps.csv_route and self.in_progress(route) >= caps.max_csv_streams:
+                return CSV_FULL
+            budget = caps.memory_budget_bytes
+            if budget is not None and self.held_bytes() + cost_bytes > budget:
+                return MEMORY_FULL
+            self._live[id(stream)] = (stream, route, cost_bytes)
+            self._add(self._column[route], 1)
+            self._add(_BYTES_COLUMN, cost_bytes)
+            return None
+
+    def release(self, stream: Cuttable) -> None:
+        with self._lock:
+            entry = self._live.pop(id(stream), None)
+            if entry is not None:
+                _, route, cost_bytes = entry
+                self._add(self._column[route], -1)
+                self._add(_BYTES_COLUMN, -cost_bytes)
+
+    def begin_shutdown(self, grace_s: float) -> threading.Timer | None:
+        """SIGTERM: let streams run until `grace_s` from now, then cut those still running.
+
+        Cutting shuts each stream's socket, which wakes a thread blocked in a send or in a
+        pause, so the worker can exit before the platform's SIGKILL.
+        """
+        with self._lock:
+            if self.shutting_down:
+                return None
+            self.shutting_down = True
+        timer = threading.Timer(max(0.0, grace_s), self.cut_all)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def cut_all(self, outcome: str = "cut_by_shutdown") -> None:
+        with self._lock:
+            self._grace_over = True
+            streams = [stream for stream, _, _ in self._live.values()]
+        for stream in streams:
+            stream.cut(outcome)
+        if streams:
+            log.info("shutdown: cut %d stream(s) still running", len(streams))
+
+
+_worker_slot: int | None = None
+_process_tracker: Tracker | None = None
+
+
+def attach_worker(worker) -> None:
+    """post_fork: this process is a worker; its streams count in its slot."""
+    global _worker_slot
+    _worker_slot = getattr(worker, "streamhtml_slot", None)
+
+
+def new_tracker(caps: Caps, routes: Sequence[str]) -> Tracker:
+    """The tracker of the app being built; SIGTERM reaches the latest one of this process."""
+    global _process_tracker
+    _process_tracker = Tracker(caps, routes, _worker_slot)
+    return _process_tracker
+
+
+def begin_shutdown(grace_s: float) -> None:
+    if _process_tracker is not None:
+        _process_tracker.begin_shutdown(grace_s)

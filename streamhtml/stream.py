@@ -1,0 +1,145 @@
+"""One live stream: the WSGI body that knows how it ended, its deadline, its pauses, its cut."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+from collections.abc import Iterator
+
+from .generators import paced
+from .observe import CLIENT_GONE, COMPLETE, DEADLINE, ERROR
+
+# POLLRDHUP reports a peer's FIN even when the kernel has no data to read (Linux only).
+_HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+_WATCH = select.POLLIN | _HANGUP
+
+
+def shut_socket(sock: socket.socket | None) -> None:
+    """End a connection from our side so blocked reads, writes and polls on it return."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # already closed by the client: nothing to end
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class ClientWatcher:
+    """Sleeps between blocks, waking at once if the client hangs up or the deadline comes.
+
+    Without it a stream with sleep_ms=30000 would learn of a hang-up only at its next write,
+    and a thread would sit out the whole pause for nobody.
+    """
+
+    def __init__(self, sock: socket.socket | None, deadline: float):
+        self._sock = sock
+        self._deadline = deadline
+        self._poll = None
+        if sock is not None:
+            self._poll = select.poll()
+            self._poll.register(sock, _WATCH)
+        self.outcome: str | None = None
+
+    def pause(self, seconds: float) -> bool:
+        """Wait `seconds`; False (and `outcome` set) if the stream should stop instead."""
+        wake_at = min(time.monotonic() + seconds, self._deadline)
+        while (remaining := wake_at - time.monotonic()) > 0:
+            if self._poll is None:
+                time.sleep(remaining)
+                continue
+            if not self._poll.poll(remaining * 1000.0):
+                continue
+            if self._client_gone():
+                self.outcome = CLIENT_GONE
+                return False
+            # The client sent bytes (a pipelined request): nothing more to learn by polling.
+            time.sleep(max(0.0, wake_at - time.monotonic()))
+            break
+        if time.monotonic() >= self._deadline:
+            self.outcome = DEADLINE
+            return False
+        return True
+
+    def _client_gone(self) -> bool:
+        assert self._sock is not None
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+
+class LiveStream:
+    """A WSGI body that knows how it ended, when it must end, and how to be cut.
+
+    The server calls close() after the last chunk, or after a write failed or was cut; either
+    way the inner generator is closed, so its cleanup runs and no more is made, and the
+    stream leaves the tracker that admitted it.
+    """
+
+    __slots__ = ("_chunks", "_sock", "_watcher", "_cut", "_release", "deadline", "outcome")
+
+    def __init__(
+        self,
+        chunks: Iterator,
+        sock: socket.socket | None,
+        duration_s: float,
+        pause_s: float = 0.0,
+    ):
+        self.deadline = time.monotonic() + duration_s
+        self._sock = sock
+        self._watcher: ClientWatcher | None = None
+        if pause_s > 0:
+            # Only paced streams wait, so only they need a watcher (a poll object each).
+            watcher = ClientWatcher(sock, self.deadline)
+            chunks = paced(chunks, lambda: watcher.pause(pause_s))
+            self._watcher = watcher
+        self._chunks = chunks
+        self._cut: str | None = None
+        self._release = None
+        self.outcome: str | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self.outcome = self._stopped_by() or COMPLETE
+            raise
+        except Exception:
+            self.outcome = ERROR
+            raise
+
+    def _stopped_by(self) -> str | None:
+        return self._cut or (self._watcher.outcome if self._watcher else None)
+
+    def on_release(self, release) -> None:
+        """What to call once, when the stream is over (the tracker's release)."""
+        self._release = release
+
+    def cut(self, outcome: str) -> None:
+        """End the stream now, from any thread; the client sees it unfinished."""
+        if self._cut is None:
+            self._cut = outcome
+        shut_socket(self._sock)
+
+    def settled_outcome(self) -> str:
+        """How the stream ended, once the server has stopped iterating it."""
+        if self.outcome is None or self._cut:
+            # Stopped before its end: a write failed because the client left, or we cut it.
+            return self._stopped_by() or CLIENT_GONE
+        return self.outcome
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        try:
+            close_inner = getattr(self._chunks, "close", None)
+            if close_inner is not None:
+                close_inner()
+            self.outcome = self.settled_outcome()
+        finally:
+            if release is not None:
+                release()

@@ -1,0 +1,95 @@
+"""The stream tracker: capacity counted across workers through the master's shared page."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from streamhtml import capacity
+
+ROUTES = ("/streamhtml", "/large.csv")
+
+
+def caps(**overrides):
+    limits = dict(
+        max_streams=3, max_streams_here=100, max_csv_streams=100, memory_budget_bytes=None
+    )
+    return capacity.Caps(**{**limits, **overrides})
+
+
+def stream():
+    return SimpleNamespace(cut=lambda outcome: None)
+
+
+@pytest.fixture
+def two_workers():
+    """Two trackers as two forked workers would have them, each with its slot."""
+    workers = [SimpleNamespace(), SimpleNamespace()]
+    for worker in workers:
+        capacity.assign_slot(worker)
+    yield [capacity.Tracker(caps(), ROUTES, worker.streamhtml_slot) for worker in workers]
+    for worker in workers:
+        capacity.release_slot(worker)
+
+
+def test_admission_sums_the_streams_of_every_worker(two_workers):
+    first, second = two_workers
+    streams = [stream() for _ in range(4)]
+    assert first.admit(streams[0], "/streamhtml", 0) is None
+    assert first.admit(streams[1], "/streamhtml", 0) is None
+    assert second.admit(streams[2], "/large.csv", 0) is None
+    assert first.admit(streams[3], "/streamhtml", 0) == capacity.FULL
+    assert second.admit(streams[3], "/streamhtml", 0) == capacity.FULL
+    first.release(streams[0])
+    assert second.admit(streams[3], "/streamhtml", 0) is None
+    assert first.in_progress() == second.in_progress() == 3
+    assert first.in_progress("/streamhtml") == 2 and first.in_progress("/large.csv") == 1
+
+
+def test_a_worker_also_keeps_its_own_cap():
+    tracker = capacity.Tracker(caps(max_streams=100, max_streams_here=2), ROUTES)
+    assert tracker.admit(stream(), "/streamhtml", 0) is None
+    assert tracker.admit(stream(), "/streamhtml", 0) is None
+    assert tracker.admit(stream(), "/streamhtml", 0) == capacity.WORKER_FULL
+
+
+def test_csv_downloads_have_a_cap_of_their_own():
+    tracker = capacity.Tracker(caps(max_streams=100, max_csv_streams=1), ROUTES)
+    assert tracker.admit(stream(), "/large.csv", 0) is None
+    assert tracker.admit(stream(), "/large.csv", 0) == capacity.CSV_FULL
+    assert tracker.admit(stream(), "/streamhtml", 0) is None
+
+
+def test_streams_are_admitted_against_the_memory_budget_and_give_it_back():
+    tracker = capacity.Tracker(caps(max_streams=100, memory_budget_bytes=1000), ROUTES)
+    held = [stream() for _ in range(3)]
+    assert tracker.admit(held[0], "/streamhtml", 400) is None
+    assert tracker.admit(held[1], "/streamhtml", 400) is None
+    assert tracker.admit(held[2], "/streamhtml", 400) == capacity.MEMORY_FULL
+    assert tracker.held_bytes() == 800
+    tracker.release(held[0])
+    assert tracker.admit(held[2], "/streamhtml", 400) is None
+
+
+def test_a_dead_workers_slot_is_cleared_by_the_master(two_workers):
+    first, _ = two_workers
+    worker = SimpleNamespace()
+    capacity.assign_slot(worker)
+    dying = capacity.Tracker(caps(memory_budget_bytes=10_000), ROUTES, worker.streamhtml_slot)
+    assert dying.admit(stream(), "/streamhtml", 500) is None
+    assert dying.admit(stream(), "/streamhtml", 500) is None
+    assert first.in_progress() == 2 and first.held_bytes() == 1000
+    capacity.release_slot(worker)  # child_exit, however the worker died
+    assert first.in_progress() == 0 and first.held_bytes() == 0
+
+
+def test_shutdown_cuts_the_live_streams_when_the_grace_is_over_and_refuses_new_ones():
+    cut = []
+    first = SimpleNamespace(cut=lambda outcome: cut.append(("first", outcome)))
+    late = SimpleNamespace(cut=lambda outcome: cut.append(("late", outcome)))
+    tracker = capacity.Tracker(caps(max_streams=10), ROUTES)
+    assert tracker.admit(first, "/streamhtml", 0) is None
+    timer = tracker.begin_shutdown(0.3)
+    assert tracker.admit(late, "/streamhtml", 0) is None, "a request taken in the grace is served"
+    timer.join(5)
+    assert sorted(cut) == [("first", "cut_by_shutdown"), ("late", "cut_by_shutdown")]
+    assert tracker.admit(stream(), "/streamhtml", 0) == capacity.SHUTTING_DOWN
