@@ -288,6 +288,21 @@ def tcp_sockets(pid: int, remote_ports: set[int]) -> set[tuple[int, int, str]]:
     return found
 
 
+# /proc/net/tcp's code for TIME_WAIT, the state the side that closed first is left in.
+TCP_TIME_WAIT = "06"
+
+
+def closed_first_by(local_port: int, remote_port: int) -> bool:
+    """Whether the socket local_port -> remote_port closed first: it alone sits in TIME_WAIT
+    (for a minute on Linux, owned by no process by then)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        ports = (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16))
+        if ports == (local_port, remote_port) and fields[3] == TCP_TIME_WAIT:
+            return True
+    return False
+
+
 class ScriptedUpstream:
     """A bare HTTP/1.1 upstream for checking the router itself: it records each request head and
     answers `200 ok`, except that the request numbered `hang_up_on` on a connection (counting

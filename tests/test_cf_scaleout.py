@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from cf_support import cf_environment, manifest_app
-from nginx_support import Nginx, ScriptedUpstream, gorouter_like
+from nginx_support import Nginx, ScriptedUpstream, closed_first_by, gorouter_like
 from support import Server, read_body, read_head, request, send_request
 
 from streamhtml.generators import static_block
@@ -198,6 +198,8 @@ def test_when_the_app_closes_an_idle_connection_first_nginx_drops_it_and_the_nex
         while router.upstream_sockets() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not router.upstream_sockets(), router.upstream_sockets()
+        routers_port, app_port = first
+        assert closed_first_by(app_port, routers_port), "the app should have closed, not nginx"
 
         assert request(router.port, "/health").status == 200
         assert router.upstream_connections() - {first}, "not a new connection"
