@@ -6,8 +6,8 @@ process by its PID.
 
 Two kinds of nginx:
 
-- `Nginx`: a generic proxy in front of an app, with gzip on and no upstream connection pool, as
-  many front ends are configured.
+- `Nginx`: a generic proxy in front of an app, gzip on by default and no upstream connection
+  pool, as many front ends are configured.
 - `Nginx(..., router=True)` (or `gorouter_like(...)`): a stand-in for Cloud Foundry's gorouter,
   close to what the app sees behind the real one (as measured against gorouter on loopback):
   - a keep-alive pool to each instance, idle connections kept 90 s as gorouter hard-codes
@@ -23,8 +23,10 @@ Two kinds of nginx:
   `backends.max_conns` and its 503 "Connection Limit Reached"; the refusal of a `Host` that is
   the client's own IP; route lookup by `Host` (every request goes to the one upstream group);
   `X-Cf-Applicationid`/`X-Cf-Instanceid`/`X-Cf-Instanceindex`; the 900 s `endpoint_timeout`;
-  Go's way of retrying: nginx retries a failed request on the next instance by its own rules
-  (`proxy_next_upstream`: errors and timeouts, only for idempotent methods).
+  gorouter's 900 s cut of a whole request (nginx's `proxy_read_timeout` is 60 s between two
+  reads); Go's retry rules: nginx retries by its own (`proxy_next_upstream`: on errors and
+  timeouts, idempotent methods only), which for a GET sent into a connection the app is closing
+  comes to the same (retried on a new connection; a POST gets 502).
 """
 
 import os
@@ -58,8 +60,7 @@ events {{
 }}
 
 http {{
-{http_extra}
-    access_log {dir}/access.log{log_format};
+{http_extra}    access_log {dir}/access.log{log_format};
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -101,11 +102,11 @@ IGNORE_ACCEL_BUFFERING = "            proxy_ignore_headers X-Accel-Buffering;"
 # router's line to the app's. `$msec` is "seconds.millis"; the map makes it milliseconds, as
 # gorouter stamps X-Request-Start. The second map is the router's id only when the app's
 # response has none: add_header skips an empty value, so an app's own id is never doubled.
-ROUTER_HTTP = r"""
+ROUTER_HTTP = """\
     log_format router 'request_id=$request_id upstream=$upstream_addr status=$status '
                       '"$request" bytes=$bytes_sent';
     map $msec $request_start_ms {
-        "~^(?<seconds>\d+)\.(?<millis>\d+)$" "$seconds$millis";
+        "~^(?<seconds>\\d+)\\.(?<millis>\\d+)$" "$seconds$millis";
     }
     map $upstream_http_x_vcap_request_id $request_id_if_app_sent_none {
         "" $request_id;
@@ -126,9 +127,6 @@ ROUTER_LOCATION = """\
             proxy_set_header X-Vcap-Request-Id $request_id;
             proxy_set_header X-Request-Start $request_start_ms;
             add_header X-Vcap-Request-Id $request_id_if_app_sent_none always;"""
-
-# /proc/net/tcp's code for an established connection.
-TCP_ESTABLISHED = "01"
 
 ACCESS_LINE = re.compile(r"request_id=(?P<request_id>[0-9a-f]{32}) upstream=(?P<upstream>\S+) ")
 
@@ -262,6 +260,23 @@ def gorouter_like(directory: Path, upstream: int | list[int], **options) -> Ngin
     return Nginx(directory, upstream, gzip=False, router=True, **options)
 
 
+# /proc/net/tcp's state codes: an open connection, and the state the side that closed first
+# is left in (for a minute on Linux, by then owned by no process).
+TCP_ESTABLISHED = "01"
+TCP_TIME_WAIT = "06"
+
+
+def tcp_table() -> list[tuple[int, int, str, str]]:
+    """(local port, remote port, state, inode) of every IPv4 TCP socket on the host."""
+    rows = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+        rows.append((local_port, remote_port, fields[3], fields[9]))
+    return rows
+
+
 def socket_inodes(pid: int) -> set[str]:
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -277,30 +292,16 @@ def socket_inodes(pid: int) -> set[str]:
 def tcp_sockets(pid: int, remote_ports: set[int]) -> set[tuple[int, int, str]]:
     """(local port, remote port, state) of the process's IPv4 TCP sockets to remote_ports."""
     inodes = socket_inodes(pid)
-    found = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-        state, inode = fields[3], fields[9]
-        if inode in inodes and remote_port in remote_ports:
-            found.add((local_port, remote_port, state))
-    return found
-
-
-# /proc/net/tcp's code for TIME_WAIT, the state the side that closed first is left in.
-TCP_TIME_WAIT = "06"
+    return {
+        (local, remote, state)
+        for local, remote, state, inode in tcp_table()
+        if inode in inodes and remote in remote_ports
+    }
 
 
 def closed_first_by(local_port: int, remote_port: int) -> bool:
-    """Whether the socket local_port -> remote_port closed first: it alone sits in TIME_WAIT
-    (for a minute on Linux, owned by no process by then)."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        ports = (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16))
-        if ports == (local_port, remote_port) and fields[3] == TCP_TIME_WAIT:
-            return True
-    return False
+    """Whether the side local_port of the connection local_port-remote_port closed it first."""
+    return (local_port, remote_port, TCP_TIME_WAIT) in {row[:3] for row in tcp_table()}
 
 
 class ScriptedUpstream:
@@ -340,6 +341,8 @@ class ScriptedUpstream:
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     def stop(self) -> None:
+        # shutdown() wakes the accept() blocked in the other thread; close() alone would not.
+        self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
 
 
