@@ -296,9 +296,19 @@ RUN_HOME = "home/vcap"
 RUN_UID = RUN_GID = 65534
 # The buildpack's console scripts start with this line, not an absolute interpreter path.
 PORTABLE_SHEBANG = "#!/usr/bin/env python"
+# The files whose presence at the app root makes the Python buildpack detect the app.
+DETECT_FILES = ("requirements.txt", "setup.py", "Pipfile", "environment.yml")
+# Python minors python-buildpack v1.9.5 offers on cflinuxfs4, and the one it falls back to.
+OFFERED_PYTHON_MINORS = {(3, 10), (3, 11), (3, 12), (3, 13), (3, 14)}
+DEFAULT_PYTHON_MINOR = (3, 10)
 # What the copy of the interpreter leaves out of the standard library: not needed to run the
 # app and slow to copy (the test suite alone is ~140 MB). site-packages gets only pip.
 STDLIB_LEFT_OUT = {"test", "idlelib", "tkinter", "turtledemo", "site-packages"}
+
+
+def buildpack_detects(app: Path) -> bool:
+    """Whether the Python buildpack's detect step accepts `app` (a bare pyproject.toml does not)."""
+    return any((app / name).is_file() for name in DETECT_FILES)
 
 
 @dataclass(frozen=True)

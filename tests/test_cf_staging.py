@@ -28,6 +28,8 @@ import pytest
 from cf_support import (
     BASH_ADDS,
     BUILDPACK_PIP_FAILED,
+    DEFAULT_PYTHON_MINOR,
+    OFFERED_PYTHON_MINORS,
     PIP_INSTALL,
     PORTABLE_SHEBANG,
     RUN_GID,
@@ -35,6 +37,7 @@ from cf_support import (
     Layout,
     PlatformInstance,
     StagingResult,
+    buildpack_detects,
     find_python,
     install_python,
     installation,
@@ -59,9 +62,37 @@ from cf_support import (
     upload_files,
 )
 from packaging.utils import canonicalize_name
-from support import free_port, request
+from support import free_port, procfile_command, request
 
 from streamhtml.generators import static_block
+
+# --- what the buildpack's detect and release steps read, checked on the upload ---
+
+
+def test_the_buildpack_detects_the_upload_by_its_requirements_txt(tmp_path):
+    assert "requirements.txt" in upload_files(), "detect looks for it at the app root"
+    assert buildpack_detects(make_droplet(tmp_path / "app"))
+    # What it would not detect: a bare pyproject.toml, or requirements.txt below the root.
+    (tmp_path / "other" / "sub").mkdir(parents=True)
+    (tmp_path / "other" / "pyproject.toml").touch()
+    (tmp_path / "other" / "sub" / "requirements.txt").touch()
+    assert not buildpack_detects(tmp_path / "other")
+
+
+def test_the_start_command_is_the_uploaded_procfiles_one_web_line():
+    assert "Procfile" in upload_files()
+    # procfile_command asserts the file holds exactly one line, `web: ...`.
+    assert procfile_command().split()[0] == "gunicorn"
+
+
+def test_runtime_txt_pins_an_offered_python_with_a_patch_wildcard():
+    assert "runtime.txt" in upload_files()
+    minor = runtime_minor()  # asserts the python-3.N.x form; python-3.13 alone may not match
+    assert minor == (3, 13), "vendor/'s compiled wheels are built for this minor"
+    assert minor in OFFERED_PYTHON_MINORS and minor != DEFAULT_PYTHON_MINOR
+
+
+# --- staging and the run ---
 
 
 @dataclass
