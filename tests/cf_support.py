@@ -577,6 +577,13 @@ def megabytes(size: str) -> int:
     return int(match[1]) * (1024 if match[2].upper().startswith("G") else 1)
 
 
+def pip_variables(app: dict) -> list[str]:
+    """The PIP_* names in the manifest's env. The buildpack hands the whole staging environment
+    to pip, so one such as PIP_FIND_LINKS would be merged into the vendored install's options
+    and could hide a wheel missing from vendor/ (cf-notes.md)."""
+    return sorted(key for key in (app.get("env") or {}) if str(key).upper().startswith("PIP_"))
+
+
 def cf_environment(app: dict, instance_index: int = 0, port: int | None = None) -> dict[str, str]:
     """What the Python buildpack's profile script and Diego give the start command, for the
     manifest entry `app`, over the manifest's own `env:`. With `port`, also the variables that

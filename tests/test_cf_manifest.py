@@ -2,7 +2,8 @@
 
 import re
 
-from cf_support import REPO, manifest_app, megabytes
+import pytest
+from cf_support import REPO, manifest_app, megabytes, pip_variables
 from support import procfile_command
 
 from streamhtml.settings import all_specs
@@ -34,6 +35,27 @@ def test_the_procfile_is_the_start_command():
     assert "command" not in manifest_app(), "a manifest command: would override the Procfile"
     # gunicorn is the process bash -c runs, so Cloud Foundry's SIGTERM reaches it directly.
     assert procfile_command().split()[0] == "gunicorn"
+
+
+def test_the_manifest_sets_no_pip_variable():
+    # The buildpack passes the staging environment to pip: a PIP_FIND_LINKS here would be merged
+    # into the vendored install and could hide a wheel missing from vendor/
+    # (test_cf_staging.py shows it happen).
+    assert pip_variables(manifest_app()) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "found"),
+    [
+        ({"PIP_FIND_LINKS": "/somewhere"}, ["PIP_FIND_LINKS"]),
+        ({"pip_index_url": "https://pypi.org/simple", "LOG_LEVEL": "info"}, ["pip_index_url"]),
+        ({"PIP_NO_INDEX": 0, "PIP_EXTRA_INDEX_URL": "x"}, ["PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX"]),
+        ({"WEB_CONCURRENCY": 2, "PIPELINE": "x"}, []),
+        (None, []),
+    ],
+)
+def test_pip_variables_are_found_in_a_doctored_manifest(env, found):
+    assert pip_variables({**manifest_app(), "env": env}) == found
 
 
 def test_env_entries_and_commented_examples_are_real_settings():

@@ -342,3 +342,16 @@ def test_a_missing_wheel_fails_staging_with_the_buildpacks_message(cf_python, no
     assert "markupsafe" in result.output.lower()
     assert BUILDPACK_PIP_FAILED in result.output
     print(result.output)  # shown with -rA or on failure: pip's error, then the buildpack's
+
+
+def test_a_pip_variable_in_the_manifest_would_hide_that_missing_wheel(
+    cf_python, no_network, tmp_path
+):
+    # Why tests/test_cf_manifest.py forbids PIP_* in env: the buildpack hands the staging
+    # environment to pip, which merges PIP_FIND_LINKS into the vendored install's options.
+    manifest_env = {**manifest_app().get("env"), "PIP_FIND_LINKS": str(tmp_path / "kept")}
+
+    result = stage_without_markupsafe(tmp_path, cf_python, manifest_env)
+
+    assert result.succeeded, result.output
+    assert "markupsafe" in result.output.lower()
