@@ -584,6 +584,14 @@ def pip_variables(app: dict) -> list[str]:
     return sorted(key for key in (app.get("env") or {}) if str(key).upper().startswith("PIP_"))
 
 
+def settings_by_env() -> dict:
+    """Every setting the app reads, by environment variable name. The one place these files
+    import the app's settings API: adapt here if it is renamed."""
+    from streamhtml.settings import all_specs  # noqa: PLC0415 - not needed by tools/vendor
+
+    return {spec.env: spec for spec in all_specs()}
+
+
 def cf_environment(app: dict, instance_index: int = 0, port: int | None = None) -> dict[str, str]:
     """What the Python buildpack's profile script and Diego give the start command, for the
     manifest entry `app`, over the manifest's own `env:`. With `port`, also the variables that
