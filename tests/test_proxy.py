@@ -116,7 +116,6 @@ def test_the_router_puts_its_request_id_on_a_response_the_app_sent_without_one(s
     assert [line["request_id"] for line in router.access_lines()] == [routers_id]
 
 
-@pytest.mark.xfail(reason="app side lands in main", strict=False)
 def test_the_app_reports_how_long_a_request_queued_behind_the_router(router, server):
     reply = request(router.port, "/health")
     assert reply.status == 200
