@@ -162,6 +162,14 @@ class Limits:
         "after its first byte when kept alive, is closed",
         2,
     )
+    send_buffer_bytes: int = number(
+        "STREAMHTML_SEND_BUFFER_BYTES",
+        128 * KiB,
+        0,
+        64 * MiB,
+        "kernel send buffer per connection (SO_SNDBUF; the kernel doubles it), 0 for the "
+        "kernel's autotuning; a client that stops reading holds this much of the memory quota",
+    )
     max_head_bytes: int = number(
         "STREAMHTML_MAX_HEAD_BYTES",
         16 * KiB,

@@ -48,6 +48,8 @@ from .settings import load_settings
 log = logging.getLogger("streamhtml")
 
 SEND_BYTES = 64 * 1024
+# Items this large are sent from where they are, not copied next to their framing.
+ZERO_COPY_BYTES = 16 * 1024
 # sendmsg() takes at most IOV_MAX (1024 on Linux) buffers; each chunk is three.
 MAX_PARTS = 1020
 RECV_BYTES = 64 * 1024
@@ -77,7 +79,11 @@ def _aborted(sock: socket.socket) -> bool:
 
 
 class StreamingResponse(wsgi.Response):
-    """gunicorn's HTTP/1 response, sent with a stall timeout, a deadline and no copies."""
+    """gunicorn's HTTP/1 response, sent with a stall timeout, a deadline and few copies.
+
+    Small items are gathered into a bytearray with their framing; an item of ZERO_COPY_BYTES
+    or more goes out as it is, a view between its framing, in the same sendmsg().
+    """
 
     stall_timeout_s: float = 60.0
     headers_sent: bool
@@ -86,17 +92,22 @@ class StreamingResponse(wsgi.Response):
     def __init__(self, req, sock, cfg):
         super().__init__(req, sock, cfg)
         self.environ: env.Environ = {}
-        self._parts: list = []
-        self._body_sizes: list[int] = []  # body bytes in each part; framing counts 0
-        self._pending_bytes = 0
-        self._pending_body = 0
         self._coalesce: bool | None = None
         self._timeout_s: float | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tail = bytearray()
+        self._parts: list = [self._tail]
+        self._items: list[int] = []  # body size of each queued item, in order
+        self._lead = 0  # bytes of response head queued before the first item
+        self._pending_body = 0
 
     # gunicorn's write(), but taking any buffer (a memoryview of a shared block, say) and
     # counting a byte as sent only once the socket took it.
     def write(self, arg) -> None:
-        self.send_headers()
+        if not self.headers_sent:
+            self.send_headers()
         if self._omits_body:
             return
         size = len(arg)
@@ -108,15 +119,21 @@ class StreamingResponse(wsgi.Response):
                 arg, size = memoryview(arg)[:room], room
         if size == 0:
             return  # an empty chunk would end a chunked body
+        tail = self._tail
         if self.chunked:
-            self._queue(b"%X\r\n" % size, 0)
-            self._queue(arg, size)
-            self._queue(_CHUNK_END, 0)
+            tail += b"%X\r\n" % size
+        if size < ZERO_COPY_BYTES:
+            tail += arg
         else:
-            self._queue(arg, size)
+            self._tail = bytearray()
+            self._parts += (arg, self._tail)
+        if self.chunked:
+            self._tail += _CHUNK_END
+        self._items.append(size)
+        self._pending_body += size
         if self._coalesce is None:
             self._coalesce = env.coalescable(self.environ)
-        if not self._coalesce or self._pending_bytes >= SEND_BYTES or len(self._parts) >= MAX_PARTS:
+        if not self._coalesce or self._pending_body >= SEND_BYTES or len(self._parts) > MAX_PARTS:
             self.flush()
 
     def send_headers(self) -> None:
@@ -125,7 +142,9 @@ class StreamingResponse(wsgi.Response):
             return
         lines = self.default_headers()
         lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
-        self._queue(util.to_bytestring("".join(lines) + "\r\n", "latin-1"), 0)
+        head = util.to_bytestring("".join(lines) + "\r\n", "latin-1")
+        self._tail += head
+        self._lead += len(head)
         self.headers_sent = True
 
     def sendfile(self, respiter) -> bool:
@@ -134,56 +153,53 @@ class StreamingResponse(wsgi.Response):
     def close(self) -> None:
         self.send_headers()
         if self.chunked:
-            self._queue(_LAST_CHUNK, 0)
+            self._tail += _LAST_CHUNK
         self.flush()
 
-    def _queue(self, part, body_size: int) -> None:
-        self._parts.append(part)
-        self._body_sizes.append(body_size)
-        self._pending_bytes += len(part)
-        self._pending_body += body_size
-
     def flush(self) -> None:
+        parts = [part for part in self._parts if part]
+        if not parts:
+            return
         stream = env.stream_of(self.environ)
         deadline = stream.deadline if stream is not None else None
-        while self._parts:
-            wait_s = self.stall_timeout_s
-            if deadline is not None:
-                left_s = deadline - time.monotonic()
-                if left_s <= 0:
-                    self._cut(DEADLINE)
-                wait_s = min(wait_s, left_s)
-            if wait_s != self._timeout_s:
-                self.sock.settimeout(wait_s)
-                self._timeout_s = wait_s
-            try:
-                sent = self.sock.sendmsg(self._parts)
-            except TimeoutError:
-                late = deadline is not None and time.monotonic() >= deadline
-                self._cut(DEADLINE if late else STALLED)
-            self._consume(sent)
+        handed = 0
+        try:
+            while parts:
+                wait_s = self.stall_timeout_s
+                if deadline is not None:
+                    left_s = deadline - time.monotonic()
+                    if left_s <= 0:
+                        self._cut(DEADLINE)
+                    wait_s = min(wait_s, left_s)
+                if wait_s != self._timeout_s:
+                    self.sock.settimeout(wait_s)
+                    self._timeout_s = wait_s
+                try:
+                    sent = self.sock.sendmsg(parts)
+                except TimeoutError:
+                    late = deadline is not None and time.monotonic() >= deadline
+                    self._cut(DEADLINE if late else STALLED)
+                handed += sent
+                parts = _advance(parts, sent)
+        except BaseException:
+            self.sent += self._body_within(handed)
+            self._reset()
+            raise
+        self.sent += self._pending_body
+        self._reset()
 
-    def _consume(self, sent: int) -> None:
-        """Drop what the socket took from the front of the queue, counting its body bytes."""
-        self._pending_bytes -= sent
-        done = 0
-        for index, part in enumerate(self._parts):
-            if not sent:
+    def _body_within(self, handed: int) -> int:
+        """How many body bytes are in the first `handed` bytes of what was queued."""
+        handed -= self._lead
+        body = 0
+        for size in self._items:
+            if handed <= 0:
                 break
-            size = len(part)
-            if sent < size:
-                if self._body_sizes[index]:
-                    self.sent += sent
-                    self._pending_body -= sent
-                    self._body_sizes[index] -= sent
-                self._parts[index] = memoryview(part)[sent:]
-                break
-            sent -= size
-            self.sent += self._body_sizes[index]
-            self._pending_body -= self._body_sizes[index]
-            done = index + 1
-        del self._parts[:done]
-        del self._body_sizes[:done]
+            if self.chunked:
+                handed -= len(b"%X\r\n" % size)
+            body += max(0, min(size, handed))
+            handed -= size + (len(_CHUNK_END) if self.chunked else 0)
+        return body
 
     def _cut(self, outcome: str):
         stream = env.stream_of(self.environ)
@@ -196,6 +212,15 @@ class StreamingResponse(wsgi.Response):
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
         raise ResponseCut(errno.EPIPE, f"response cut: {outcome}")
+
+
+def _advance(parts: list, sent: int) -> list:
+    """What is left of `parts` once the socket took `sent` bytes from their front."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return [memoryview(part)[sent:], *parts[index + 1 :]]
+        sent -= len(part)
+    return []
 
 
 _request = threading.local()
@@ -252,6 +277,7 @@ class StreamingWorker(ThreadWorker):
         self.header_timeout_s = float(limits.header_timeout_s)
         self.max_head_bytes = limits.max_head_bytes
         self.stall_timeout_s = float(limits.stall_timeout_s)
+        self.send_buffer_bytes = limits.send_buffer_bytes
         self.reads_heads = not self.cfg.is_ssl and "h2" not in self.cfg.http_protocols
         # Insertion-ordered, and every entry gets the same timeout: oldest first is soonest due.
         self.heads: dict[Connection, None] = {}
@@ -289,6 +315,10 @@ class StreamingWorker(ThreadWorker):
                     return
                 raise
             self.nr_conns += 1
+            if self.send_buffer_bytes:
+                # Autotuning lets one stalled stream pin up to 4 MiB of kernel memory, which
+                # Cloud Foundry counts against the instance's memory quota.
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
             conn = Connection(self, self.cfg, client, address, listener.getsockname())
             conn.deadline = time.monotonic() + self.header_timeout_s
             self.read_head(conn)
