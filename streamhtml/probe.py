@@ -46,7 +46,6 @@ EXIT_ERROR = 2
 # The verdict's thresholds. A pause between two blocks "came through" when the second block
 # completed at least half a pause after the first; jitter of less than half a pause is normal.
 MIN_SLEEP_MS = 50  # shorter pauses drown in network jitter: nothing to judge
-PAUSE_SEEN = 0.5  # share of sleep_ms between two blocks' arrivals for the pause to count
 MOST = 0.5  # more than this share of the pauses missing: the blocks came bunched
 SHORT_SPREAD = 0.5  # arrivals spread over less than this share of the paced duration
 SLOW_START_S = 1.0  # a first byte later than this (and late for the pacing) is worth a note

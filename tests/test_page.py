@@ -14,7 +14,7 @@ from nginx_support import Nginx
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 from support import REPO
-from test_probe import VERDICTS
+from verdict_cases import VERDICTS
 
 from streamhtml.probe import judge
 
@@ -25,9 +25,9 @@ README_SCREENSHOT = REPO / "docs" / "page.png"
 
 # A CSP violation is reported to the page as an event; record each one where the test sees it.
 RECORD_CSP_VIOLATIONS = """
-window.__cspViolations = [];
+window.cspViolationsSeen = [];
 document.addEventListener("securitypolicyviolation", (event) => {
-  window.__cspViolations.push(`${event.violatedDirective} blocked ${event.blockedURI}`);
+  window.cspViolationsSeen.push(`${event.violatedDirective} blocked ${event.blockedURI}`);
 });
 """
 
@@ -94,7 +94,7 @@ def page(browser):
 
 
 def assert_no_troubles(page, *allowed: str):
-    violations = page.evaluate("window.__cspViolations")
+    violations = page.evaluate("window.cspViolationsSeen")
     assert violations == [], violations
     assert page.troubles.unexpected(*allowed) == []
 

@@ -1,0 +1,77 @@
+"""Cases shared by the probe's and the page's tests: both must judge and parse them alike.
+
+VERDICTS: arrivals (seconds since the request, bytes) as a path would deliver them, with the
+verdict the probe (streamhtml/probe.py) and the page (static/page.js) must both reach.
+"""
+
+from streamhtml.probe import BUFFERED, STREAMS, UNKNOWN, Pacing
+
+TEN_PACED = Pacing(nblocks=10, block_size=1024, sleep_ms=300)
+
+
+def paced(pacing: Pacing, start_s=0.005, jitter=(), nbytes=None):
+    """One arrival per block, sleep_ms apart, as a path that passes the stream through gives."""
+    jitter = list(jitter) + [0.0] * pacing.nblocks
+    return [
+        (start_s + k * pacing.sleep_ms / 1000 + jitter[k], nbytes or pacing.block_size)
+        for k in range(pacing.nblocks)
+    ]
+
+
+def bunched(pacing: Pacing, every: int):
+    """Blocks released `every` at a time, as a proxy with a buffer of that many blocks gives."""
+    return [
+        (0.005 + (k // every + 1) * every * pacing.sleep_ms / 1000, pacing.block_size)
+        for k in range(pacing.nblocks)
+    ]
+
+
+VERDICTS = [
+    # (what the path did, pacing asked for, arrivals, verdict)
+    ("passes each block through", TEN_PACED, paced(TEN_PACED), STREAMS),
+    (
+        "passes blocks through with 100 ms of jitter",
+        TEN_PACED,
+        paced(TEN_PACED, jitter=[0, 0.1, -0.05, 0.1, 0, -0.1, 0.05, 0, 0.1, 0]),
+        STREAMS,
+    ),
+    (
+        "compresses each block on the way (fewer bytes on the wire, still paced)",
+        TEN_PACED,
+        paced(TEN_PACED, nbytes=640),
+        STREAMS,
+    ),
+    (
+        "is slow to start (1.5 s to the first byte) but keeps the pauses",
+        TEN_PACED,
+        paced(TEN_PACED, start_s=1.5),
+        STREAMS,
+    ),
+    (
+        "is slower than the pacing: 1 MiB blocks trickle in at 2 MiB/s",
+        Pacing(nblocks=4, block_size=1 << 20, sleep_ms=300),
+        [(0.01 + i * 0.03125, 65536) for i in range(64)],
+        STREAMS,
+    ),
+    ("holds everything and sends it in one read at the end", TEN_PACED, [(2.71, 10240)], BUFFERED),
+    (
+        "holds everything and sends it in a few reads at the end",
+        TEN_PACED,
+        [(2.705, 4096), (2.706, 4096), (2.707, 2048)],
+        BUFFERED,
+    ),
+    ("releases blocks two at a time", TEN_PACED, bunched(TEN_PACED, 2), BUFFERED),
+    ("releases blocks five at a time", TEN_PACED, bunched(TEN_PACED, 5), BUFFERED),
+    (
+        "passes three blocks through, then holds the rest for one burst",
+        TEN_PACED,
+        paced(TEN_PACED)[:3] + [(2.71, 7 * 1024)],
+        BUFFERED,
+    ),
+    ("two blocks, both in one read", Pacing(2, 1024, 1000), [(1.0, 2048)], BUFFERED),
+    ("two blocks, a second apart", Pacing(2, 1024, 1000), [(0.01, 1024), (1.01, 1024)], STREAMS),
+    ("was asked for no pauses (sleep_ms=0)", Pacing(10, 1024, 0), [(0.01, 10240)], UNKNOWN),
+    ("was asked for pauses shorter than jitter", Pacing(10, 1024, 20), [(0.01, 10240)], UNKNOWN),
+    ("was asked for one block", Pacing(1, 1024, 300), [(0.01, 1024)], UNKNOWN),
+    ("sent no body at all", TEN_PACED, [], UNKNOWN),
+]
