@@ -2,6 +2,7 @@
 
 VERDICTS: arrivals (seconds since the request, bytes) as a path would deliver them, with the
 verdict the probe (streamhtml/probe.py) and the page (static/page.js) must both reach.
+SERVER_TIMINGS: Server-Timing header values, with the platform queue time both must read.
 """
 
 from streamhtml.probe import BUFFERED, STREAMS, UNKNOWN, Pacing
@@ -74,4 +75,39 @@ VERDICTS = [
     ("was asked for pauses shorter than jitter", Pacing(10, 1024, 20), [(0.01, 10240)], UNKNOWN),
     ("was asked for one block", Pacing(1, 1024, 300), [(0.01, 1024)], UNKNOWN),
     ("sent no body at all", TEN_PACED, [], UNKNOWN),
+]
+
+
+SERVER_TIMINGS = [
+    # (the Server-Timing header as it arrived, the queue time in ms to show, None for "absent")
+    ("queue;dur=12.5", 12.5),
+    ("queue;dur=0", 0.0),
+    ("queue;dur=12", 12.0),
+    ("queue; dur = 7.25 ", 7.25),
+    ("Queue;DUR=3.5", 3.5),
+    ('queue;dur="4.5"', 4.5),
+    ("queue;dur=.5", 0.5),
+    ("queue;dur=1e3", 1000.0),
+    ("app;dur=3, queue;dur=0.4", 0.4),
+    ('cdn;desc="hit, stale; maybe", queue;dur=9', 9.0),
+    ('queue;desc="router \\"a\\", lb";dur=2.5', 2.5),
+    ("queue;dur=1.5, queue;dur=99", 1.5),
+    ("queue;dur=1;dur=2", 1.0),
+    (" , ,queue;dur=6", 6.0),
+    (None, None),
+    ("", None),
+    ("queue", None),
+    ("queue;desc=router", None),
+    ("queue;dur=", None),
+    ("queue;dur=abc", None),
+    ("queue;dur=12.5ms", None),
+    ("queue;dur=-3", None),
+    ("queue;dur=NaN", None),
+    ("queue;dur=Infinity", None),
+    ("queue;dur=1e999", None),
+    ("queue;dur=0x10", None),
+    ("queue;dur=1_000", None),
+    ("app;dur=12.5", None),
+    ("queued;dur=12.5", None),
+    ('cdn;desc="queue;dur=5"', None),
 ]
