@@ -14,6 +14,7 @@ import contextlib
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -259,15 +260,20 @@ class ForwardProxy(_Hop):
     rechunk: None passes the app's chunks through as they are; "reads" sends each read from the
     app (at most 8 KiB) as one chunk, as gorouter does; "halves" sends each such read as two
     chunks, one after the other. Either way, every byte is passed on as soon as it is read.
+    read_pause_s: a pause before each read from the app, as a busy router takes, so that an
+    unpaced stream piles up into full 8 KiB reads whatever the speed of this machine.
     """
 
     name = "forward-proxy"
 
-    def __init__(self, rechunk: str | None = None, timeout_s: float = 10.0):
+    def __init__(
+        self, rechunk: str | None = None, read_pause_s: float = 0.0, timeout_s: float = 10.0
+    ):
         assert rechunk in (None, "reads", "halves"), rechunk
         # A proxy says it was on the way (RFC 9110, section 7.6.3).
         super().__init__(timeout_s, response_headers=[("Via", "1.1 test-forward-proxy")])
         self.rechunk = rechunk
+        self.read_pause_s = read_pause_s
 
     def handle(self, client: socket.socket) -> None:
         head, rest = read_head(client)
@@ -325,15 +331,27 @@ class ForwardProxy(_Hop):
             return
         decoder = ChunkedDecoder()
         self.send_chunks(client, decoder.feed(rest))
-        while not decoder.done and (data := upstream.recv(ROUTER_READ_BYTES)):
+        while not decoder.done:
+            time.sleep(self.read_pause_s)
+            data = upstream.recv(ROUTER_READ_BYTES)
+            if not data:
+                return  # the app cut the stream: so does the proxy, with no last chunk
             self.send_chunks(client, decoder.feed(data))
         client.sendall(b"0\r\n\r\n")
 
     def send_chunks(self, client: socket.socket, payload: bytes) -> None:
         if not payload:
             return
-        middle = len(payload) // 2
-        pieces = [payload[:middle], payload[middle:]] if self.rechunk == "halves" else [payload]
+        # No chunk over a read's worth (what came in with the response head may be more).
+        reads = [
+            payload[at : at + ROUTER_READ_BYTES] for at in range(0, len(payload), ROUTER_READ_BYTES)
+        ]
+        if self.rechunk == "halves":
+            pieces = [
+                half for read in reads for half in (read[: len(read) // 2], read[len(read) // 2 :])
+            ]
+        else:
+            pieces = reads
         for piece in filter(None, pieces):
             client.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             with self._lock:

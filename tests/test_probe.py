@@ -50,6 +50,8 @@ def test_the_verdict_of_a_path_that(pacing, arrivals, verdict):
     found = judge(arrivals, pacing)
     assert found.state == verdict, found.reasons
     assert found.reasons and all(found.reasons)
+    if verdict != BUFFERED:
+        assert "buffer" not in " ".join(found.reasons).lower()
     assert found.exit_code == {STREAMS: 0, BUFFERED: 1, UNKNOWN: 3}[verdict]
 
 
@@ -495,3 +497,41 @@ def test_the_probe_shows_the_platform_queue_time_the_app_reports(server, start_h
         "\nplatform queue   12.5 ms   X-Request-Start to the app (Server-Timing)\n"
     ) in run.stdout
     assert shown_header(run.stdout, "Server-Timing") == "queue;dur=12.5, app;dur=3"
+
+
+# --- re-chunking is not buffering ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "proxy, nblocks, block_size",
+    [
+        (ForwardProxy(rechunk="halves"), 5, 1024),
+        (ForwardProxy(rechunk="reads", read_pause_s=0.002), 4, 20480),
+    ],
+    ids=["each block in two halves", "blocks in 8 KiB pieces, as gorouter sends them"],
+)
+def test_a_paced_stream_re_chunked_by_a_proxy_still_streams(
+    server, start_hop, proxy, nblocks, block_size
+):
+    start_hop(proxy)
+    url = f"http://127.0.0.1:{server.port}/"
+    sizes = ("--nblocks", str(nblocks), "--block-size", str(block_size), "--sleep-ms", "200")
+    run = probe(url, *sizes, env={"HTTP_PROXY": proxy.url})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verdict: STREAMS" in run.stdout and "buffer" not in run.stdout.lower()
+    # The proxy did re-frame the stream: more chunks than blocks, none of them a whole block.
+    assert sum(proxy.chunk_sizes) == nblocks * block_size
+    assert len(proxy.chunk_sizes) >= 2 * nblocks and max(proxy.chunk_sizes) < block_size
+
+
+def test_an_unpaced_stream_in_8_kib_pieces_is_unknown_never_buffered(server, start_hop):
+    proxy = start_hop(ForwardProxy(rechunk="reads", read_pause_s=0.002))
+    url = f"http://127.0.0.1:{server.port}/"
+    sizes = ("--nblocks", "1000", "--block-size", "200", "--sleep-ms", "0")
+    run = probe(url, *sizes, env={"HTTP_PROXY": proxy.url})
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "verdict: UNKNOWN" in run.stdout and "buffer" not in run.stdout.lower()
+    assert "proxies may re-chunk, so reads need not match blocks" in run.stdout
+    # As gorouter sends it: many 200-byte blocks to a chunk, none over 8 KiB.
+    assert sum(proxy.chunk_sizes) == 200_000
+    assert len(proxy.chunk_sizes) < 100 and 4096 < max(proxy.chunk_sizes) <= 8192

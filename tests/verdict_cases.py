@@ -27,6 +27,17 @@ def bunched(pacing: Pacing, every: int):
     ]
 
 
+def rechunked(arrivals, pieces=None, piece_bytes=None, apart_s=0.0005):
+    """Each arrival cut into reads (`pieces` equal ones, or of `piece_bytes` each) that follow
+    one another `apart_s` apart, as a proxy that re-frames a stream delivers it."""
+    reads = []
+    for t, n in arrivals:
+        size = piece_bytes or -(-n // pieces)
+        sizes = [min(size, n - start) for start in range(0, n, size)]
+        reads += [(t + index * apart_s, nbytes) for index, nbytes in enumerate(sizes)]
+    return reads
+
+
 VERDICTS = [
     # (what the path did, pacing asked for, arrivals, verdict)
     ("passes each block through", TEN_PACED, paced(TEN_PACED), STREAMS),
@@ -71,6 +82,39 @@ VERDICTS = [
     ),
     ("two blocks, both in one read", Pacing(2, 1024, 1000), [(1.0, 2048)], BUFFERED),
     ("two blocks, a second apart", Pacing(2, 1024, 1000), [(0.01, 1024), (1.01, 1024)], STREAMS),
+    # Re-chunking is not buffering: a proxy may change where chunks (and so reads) begin and
+    # end without holding bytes back. gorouter passes paced blocks one by one but sends an
+    # unpaced stream in about 8 KiB pieces; nginx and others have their own buffer sizes.
+    (
+        "re-chunks each paced block into halves that arrive together",
+        TEN_PACED,
+        rechunked(paced(TEN_PACED), pieces=2),
+        STREAMS,
+    ),
+    (
+        "re-chunks paced 20 KiB blocks into 8 KiB pieces, as gorouter does",
+        Pacing(6, 20480, 300),
+        rechunked(paced(Pacing(6, 20480, 300)), piece_bytes=8192),
+        STREAMS,
+    ),
+    (
+        "puts two blocks in one read once (a 300 ms hiccup), and passes the rest one by one",
+        TEN_PACED,
+        paced(TEN_PACED)[:4] + [(paced(TEN_PACED)[5][0], 2048)] + paced(TEN_PACED)[6:],
+        STREAMS,
+    ),
+    (
+        "re-chunks an unpaced stream (sleep_ms=0) into 8 KiB pieces, as gorouter does",
+        Pacing(2000, 200, 0),
+        rechunked([(0.01, 400_000)], piece_bytes=8192),
+        UNKNOWN,
+    ),
+    (
+        "re-chunks a stream paced below the jitter (sleep_ms=20) into 8 KiB pieces",
+        Pacing(100, 1024, 20),
+        rechunked([(0.01, 102_400)], piece_bytes=8192),
+        UNKNOWN,
+    ),
     ("was asked for no pauses (sleep_ms=0)", Pacing(10, 1024, 0), [(0.01, 10240)], UNKNOWN),
     ("was asked for pauses shorter than jitter", Pacing(10, 1024, 20), [(0.01, 10240)], UNKNOWN),
     ("was asked for one block", Pacing(1, 1024, 300), [(0.01, 1024)], UNKNOWN),
