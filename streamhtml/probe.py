@@ -571,7 +571,7 @@ def network_error(error: BaseException, request: Request, timeout_s: float) -> s
 
 # A Server-Timing duration: a plain decimal number of milliseconds, no sign (time spent in the
 # platform is never negative, and a clock that says so is not worth showing).
-DURATION = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+DURATION = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)  # as page.js reads it
 
 
 def platform_queue_ms(server_timing: str | None) -> float | None:

@@ -151,6 +151,7 @@ SERVER_TIMINGS = [
     ("queue;dur=1e999", None),
     ("queue;dur=0x10", None),
     ("queue;dur=1_000", None),
+    ("queue;dur=\u0661\u0662", None),  # digits, but not ASCII ones
     ("app;dur=12.5", None),
     ("queued;dur=12.5", None),
     ('cdn;desc="queue;dur=5"', None),
