@@ -684,8 +684,8 @@ def route_lines(request: Request) -> list[str]:
         lines.append(f"         via proxy {request.proxy.url}")
         if host_given:
             lines.append(
-                "         note: an HTTP proxy takes the host from the URL and may replace -H Host;"
-                " an https:// URL (a CONNECT tunnel) or NO_PROXY keeps it"
+                "         note: an HTTP proxy may replace -H Host with the URL's host; "
+                "https:// (a tunnel) or NO_PROXY keeps it"
             )
     return lines
 

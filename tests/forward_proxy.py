@@ -157,7 +157,7 @@ class _Hop:
 
     name = "hop"
 
-    def __init__(self, timeout_s: float = 10.0, response_headers: Sequence[tuple[str, str]] = ()):
+    def __init__(self, timeout_s: float = 5.0, response_headers: Sequence[tuple[str, str]] = ()):
         self.timeout_s = timeout_s
         self.response_headers = list(response_headers)
         self.seen: list[SeenRequest] = []
@@ -224,11 +224,16 @@ class _Hop:
             self._sockets.append(sock)
             stopping = self._stopping
         if stopping:
-            sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         return sock
 
     def connect(self, host: str, port: int) -> socket.socket:
         return self._track(socket.create_connection((host, port), timeout=self.timeout_s))
+
+    def record_chunk(self, size: int) -> None:
+        with self._lock:
+            self.chunk_sizes.append(size)
 
     def record(self, head: bytes) -> SeenRequest:
         seen = parse_request_head(head)
@@ -267,7 +272,7 @@ class ForwardProxy(_Hop):
     name = "forward-proxy"
 
     def __init__(
-        self, rechunk: str | None = None, read_pause_s: float = 0.0, timeout_s: float = 10.0
+        self, rechunk: str | None = None, read_pause_s: float = 0.0, timeout_s: float = 5.0
     ):
         assert rechunk in (None, "reads", "halves"), rechunk
         # A proxy says it was on the way (RFC 9110, section 7.6.3).
@@ -354,8 +359,7 @@ class ForwardProxy(_Hop):
             pieces = reads
         for piece in filter(None, pieces):
             client.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            with self._lock:
-                self.chunk_sizes.append(len(piece))
+            self.record_chunk(len(piece))
 
 
 class Relay(_Hop):
@@ -370,7 +374,7 @@ class Relay(_Hop):
         self,
         app_port: int,
         response_headers: Sequence[tuple[str, str]] = (),
-        timeout_s: float = 10.0,
+        timeout_s: float = 5.0,
     ):
         super().__init__(timeout_s, response_headers)
         self.app_port = app_port

@@ -234,7 +234,7 @@ def test_the_page_reads_the_platform_queue_time_as_the_probe_does(page, server):
     assert_no_troubles(page)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def relay_with_server_timing(server):
     """A relay in front of the app that adds `Server-Timing: queue;dur=12.5`, as the app will
     answer when gorouter's X-Request-Start reaches it (that side is not in this tree)."""

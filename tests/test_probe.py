@@ -26,6 +26,8 @@ from streamhtml.probe import (
     UNKNOWN,
     Pacing,
     ProbeError,
+    Proxy,
+    Request,
     Target,
     judge,
     parse_header,
@@ -33,6 +35,7 @@ from streamhtml.probe import (
     platform_queue_ms,
     proxy_for,
     request_headers,
+    route_lines,
     summarize,
     target_for,
 )
@@ -406,14 +409,56 @@ def test_a_proxy_the_probe_cannot_use_is_one_line_and_exit_2(proxy_url, complain
 
 def test_the_probe_honours_http_proxy(server, start_hop):
     proxy = start_hop(ForwardProxy())
-    run = probe(f"http://127.0.0.1:{server.port}/", *QUICK, env={"HTTP_PROXY": proxy.url})
+    environ = {"HTTP_PROXY": f"http://probe:s%40cret@127.0.0.1:{proxy.port}"}
+    run = probe(f"http://127.0.0.1:{server.port}/", *QUICK, env=environ)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "verdict: STREAMS" in run.stdout
-    assert f"\n         via proxy {proxy.url}\n" in run.stdout
+    assert f"\n         via proxy {proxy.url}\n" in run.stdout and "cret" not in run.stdout
     assert shown_header(run.stdout, "Via") == "1.1 test-forward-proxy"
     [seen] = proxy.seen
     assert seen.method == "GET"
     assert seen.target.startswith(f"http://127.0.0.1:{server.port}/streamhtml?nblocks=4&")
+    assert (
+        seen.header("Proxy-Authorization") == "Basic " + base64.b64encode(b"probe:s@cret").decode()
+    )
+
+
+HTTP_TARGET = Target("http", "app.example", 80, "/streamhtml")
+HTTPS_TARGET = Target("https", "app.example", 443, "/streamhtml")
+A_PROXY = Proxy("proxy.example", 3128, "Basic cHJvYmU6c2VjcmV0")
+GIVEN_HOST = (("Host", "router.example"),)
+
+
+@pytest.mark.parametrize(
+    "request_made, lines",
+    [
+        (Request(HTTP_TARGET, (("Host", "app.example"),)), []),
+        (Request(HTTP_TARGET, GIVEN_HOST), ["Host: router.example, from -H"]),
+        (Request(HTTP_TARGET, ()), ["Host: (none), from -H"]),
+        (
+            Request(HTTP_TARGET, (("Host", "app.example"),), A_PROXY),
+            ["via proxy http://proxy.example:3128"],
+        ),
+        (
+            Request(HTTP_TARGET, GIVEN_HOST, A_PROXY),
+            [
+                "Host: router.example, from -H",
+                "via proxy http://proxy.example:3128",
+                "note: an HTTP proxy may replace -H Host with the URL's host; https:// (a tunnel) "
+                "or NO_PROXY keeps it",
+            ],
+        ),
+        (
+            Request(HTTPS_TARGET, GIVEN_HOST, A_PROXY),
+            [
+                "Host: router.example, from -H",
+                "via proxy http://proxy.example:3128, in a CONNECT tunnel",
+            ],
+        ),
+    ],
+)
+def test_the_report_says_how_the_request_went(request_made, lines):
+    assert [line.strip() for line in route_lines(request_made)] == lines
 
 
 def test_no_proxy_sends_the_probe_around_the_proxy(server, start_hop):
