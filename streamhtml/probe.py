@@ -2,6 +2,7 @@
 
     python -m streamhtml.probe https://streamhtml.apps.example.com
     python -m streamhtml.probe http://127.0.0.1:8080 --nblocks 20 --sleep-ms 500
+    python -m streamhtml.probe -H 'Host: streamhtml.apps.example.com' http://10.0.0.5
 
 The service sends block after block with `sleep_ms` between them. When every hop passes the
 stream through, the blocks arrive with those pauses; when something on the way (a proxy, a
@@ -10,11 +11,26 @@ burst at the end. The probe prints the time to first byte, the arrival timeline,
 throughput and a verdict: STREAMS (exit 0) or BUFFERED (exit 1). Errors exit 2 with one line;
 UNKNOWN (exit 3) means the pacing asked for is too short to judge.
 
+The verdict is judged on arrival times, never on how many reads the bytes came in: a proxy may
+re-chunk a stream (gorouter sends an unpaced one in about 8 KiB pieces) without holding it back.
+
+It also prints the response headers that tell what is on the path (Transfer-Encoding,
+Content-Encoding, Via, X-Vcap-Request-Id, Server-Timing) and the platform queue time: the app
+answers `Server-Timing: queue;dur=<ms>` when gorouter's X-Request-Start reached it, the time the
+request spent in the platform before the app saw it.
+
+`-H 'Name: value'` (repeatable, as curl's) adds or replaces a request header: `-H 'Host: ...'`
+points the probe at a router by its address. Proxies are used as urllib uses them: HTTP_PROXY
+for http:// URLs (the proxy is asked for the whole URL), HTTPS_PROXY for https:// ones (a
+CONNECT tunnel, with Basic proxy authentication from the proxy URL's user:password), NO_PROXY
+for the hosts to reach directly; lowercase names win.
+
 Standard library only, Python 3.10 or newer, no Flask: copy this one file to a jump box and run
 it there (`python3 probe.py URL`) if the package is not installed.
 """
 
 import argparse
+import base64
 import http.client
 import json
 import math
@@ -23,10 +39,11 @@ import socket
 import ssl
 import sys
 import time
+import urllib.request
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 try:
     from . import __version__
@@ -46,7 +63,6 @@ EXIT_ERROR = 2
 # The verdict's thresholds. A pause between two blocks "came through" when the second block
 # completed at least half a pause after the first; jitter of less than half a pause is normal.
 MIN_SLEEP_MS = 50  # shorter pauses drown in network jitter: nothing to judge
-PAUSE_SEEN = 0.5  # share of sleep_ms between two blocks' arrivals for the pause to count
 MOST = 0.5  # more than this share of the pauses missing: the blocks came bunched
 SHORT_SPREAD = 0.5  # arrivals spread over less than this share of the paced duration
 SLOW_START_S = 1.0  # a first byte later than this (and late for the pacing) is worth a note
@@ -211,6 +227,19 @@ def percent(part: int, whole: int) -> str:
 
 # --- the request -------------------------------------------------------------------------------
 
+# A header name is an HTTP token (RFC 9110, section 5.1).
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+# The response headers the report shows: how the body was framed and encoded, which proxies
+# said they were on the way, gorouter's request id, and the app's platform queue time.
+SHOWN_HEADERS = (
+    "Transfer-Encoding",
+    "Content-Encoding",
+    "Via",
+    "X-Vcap-Request-Id",
+    "Server-Timing",
+)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -220,11 +249,19 @@ class Target:
     path: str  # with the query
 
     @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+    def netloc(self) -> str:
+        """host[:port] as a Host header carries it: the port only when not the scheme's own."""
         default = 443 if self.scheme == "https" else 80
-        netloc = host if self.port == default else f"{host}:{self.port}"
-        return f"{self.scheme}://{netloc}{self.path}"
+        host = bracketed(self.host)
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.path}"
+
+
+def bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def target_for(url: str, nblocks=None, block_size=None, sleep_ms=None) -> tuple[Target, Pacing]:
@@ -261,6 +298,119 @@ def target_for(url: str, nblocks=None, block_size=None, sleep_ms=None) -> tuple[
     return target, pacing
 
 
+def parse_header(text: str) -> tuple[str, str]:
+    """`Name: value`, as curl's -H takes it. An empty value removes a header the probe sends."""
+    if any(char in text for char in "\r\n\0"):
+        raise ProbeError(f"-H {text!r}: a header cannot hold CR, LF or NUL")
+    name, colon, value = text.partition(":")
+    if not colon:
+        raise ProbeError(f"-H {text!r}: give it as 'Name: value'")
+    if not name:
+        raise ProbeError(f"-H {text!r}: the header name is empty")
+    if not HEADER_NAME.fullmatch(name):
+        raise ProbeError(f"-H {text!r}: {name!r} is not a header name")
+    value = value.strip(" \t")
+    try:
+        value.encode("latin-1")  # what http.client sends header values as
+    except UnicodeEncodeError:
+        raise ProbeError(f"-H {text!r}: a header value must be Latin-1") from None
+    return name, value
+
+
+def request_headers(
+    target: Target, given: Sequence[tuple[str, str]]
+) -> tuple[tuple[str, str], ...]:
+    """The probe's own headers, each replaced where -H gives the same name, then the other -H."""
+    own = [
+        ("Host", target.netloc),
+        # As a browser would: a compressing proxy then compresses, and may buffer to do so.
+        ("Accept-Encoding", "gzip"),
+        ("Accept", "text/html"),
+        ("Cache-Control", "no-cache"),
+        ("User-Agent", f"streamhtml-probe/{__version__}"),
+    ]
+    given_by_name: dict[str, list[tuple[str, str]]] = {}
+    for name, value in given:
+        given_by_name.setdefault(name.lower(), []).append((name, value))
+    headers = []
+    for name, value in own:
+        headers += given_by_name.pop(name.lower(), [(name, value)])
+    for extra in given_by_name.values():
+        headers += extra
+    return tuple((name, value) for name, value in headers if value)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """An http:// proxy from the environment, picked as urllib picks it."""
+
+    host: str
+    port: int
+    authorization: str | None  # "Basic ...", from the proxy URL's user:password
+
+    @property
+    def url(self) -> str:
+        """The proxy as the report shows it: never with its credentials."""
+        return f"http://{bracketed(self.host)}:{self.port}"
+
+
+def proxy_for(target: Target) -> Proxy | None:
+    """The proxy urllib would use for the target (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), if any."""
+    proxy_url = urllib.request.getproxies().get(target.scheme)
+    if not proxy_url or urllib.request.proxy_bypass(target.netloc):
+        return None
+    return parse_proxy(proxy_url, target.scheme)
+
+
+def parse_proxy(proxy_url: str, for_scheme: str) -> Proxy:
+    # urllib takes a bare host:port (or user:password@host:port) for an http:// proxy.
+    proxy_url = proxy_url.strip()
+    parts = urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
+    shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"  # no password in a message
+    if parts.scheme != "http":
+        raise ProbeError(
+            f"cannot use the {for_scheme} proxy {shown}: the probe speaks to http:// proxies only"
+        )
+    if not parts.hostname:
+        raise ProbeError(f"no host in the {for_scheme} proxy {shown}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ProbeError(f"bad port in the {for_scheme} proxy {shown}") from None
+    authorization = None
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+    return Proxy(parts.hostname, port, authorization)
+
+
+@dataclass(frozen=True)
+class Request:
+    """The one GET the probe makes: what it asks for, with which headers, through which proxy."""
+
+    target: Target
+    headers: tuple[tuple[str, str], ...]
+    proxy: Proxy | None = None
+
+    @property
+    def tunnelled(self) -> bool:
+        """https:// through a proxy goes in a CONNECT tunnel, so the proxy sees only TLS."""
+        return self.proxy is not None and self.target.scheme == "https"
+
+    @property
+    def request_uri(self) -> str:
+        # An http:// proxy is asked for the whole URL; an origin, tunnelled or not, for the path.
+        return self.target.url if self.proxy and not self.tunnelled else self.target.path
+
+    def header(self, name: str) -> str | None:
+        return next((value for key, value in self.headers if key.lower() == name.lower()), None)
+
+
+def request_for(target: Target, header_args: Sequence[str] = ()) -> Request:
+    headers = request_headers(target, [parse_header(text) for text in header_args])
+    return Request(target, headers, proxy_for(target))
+
+
 @dataclass(frozen=True)
 class Measurement:
     status_line: str
@@ -273,37 +423,58 @@ class Measurement:
     wire_bytes: int
     body_bytes: int
     decoded: bool
+    headers: tuple[tuple[str, str | None], ...] = ()  # SHOWN_HEADERS, None when absent
+
+    def header(self, name: str) -> str | None:
+        return dict(self.headers).get(name)
 
 
-def measure(target: Target, timeout_s: float, insecure: bool = False) -> Measurement:
+def open_connection(
+    request: Request, timeout_s: float, insecure: bool
+) -> http.client.HTTPConnection:
+    """A connection to the origin, or to the proxy: for https:// one that will CONNECT through."""
+    target, proxy = request.target, request.proxy
+    host, port = (proxy.host, proxy.port) if proxy else (target.host, target.port)
+    if target.scheme != "https":
+        return http.client.HTTPConnection(host, port, timeout=timeout_s)
+    context = ssl.create_default_context()
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection(host, port, timeout=timeout_s, context=context)
+    if proxy:
+        # TLS then runs inside the tunnel, with the target's name: the proxy sees neither the
+        # request nor its Host header.
+        auth = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+        connection.set_tunnel(target.host, target.port, headers=auth)
+    return connection
+
+
+def send(connection: http.client.HTTPConnection, request: Request) -> None:
+    connection.putrequest("GET", request.request_uri, skip_host=True, skip_accept_encoding=True)
+    for name, value in request.headers:
+        connection.putheader(name, value)
+    if request.proxy and request.proxy.authorization and not request.tunnelled:
+        connection.putheader("Proxy-Authorization", request.proxy.authorization)
+    connection.endheaders()
+
+
+def measure(request: Request, timeout_s: float, insecure: bool = False) -> Measurement:
     """GET the target once and time every read of the body as it comes off the socket."""
-    if target.scheme == "https":
-        context = ssl.create_default_context()
-        if insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        connection = http.client.HTTPSConnection(
-            target.host, target.port, timeout=timeout_s, context=context
-        )
-    else:
-        connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout_s)
+    target = request.target
+    via = f" via proxy {request.proxy.url}" if request.proxy else ""
+    connection = open_connection(request, timeout_s, insecure)
     try:
         started = time.monotonic()
         connection.connect()
         connected = time.monotonic()
-        connection.putrequest("GET", target.path, skip_accept_encoding=True)
-        # As a browser would: a compressing proxy then compresses, and may buffer to do so.
-        connection.putheader("Accept-Encoding", "gzip")
-        connection.putheader("Accept", "text/html")
-        connection.putheader("Cache-Control", "no-cache")
-        connection.putheader("User-Agent", f"streamhtml-probe/{__version__}")
-        connection.endheaders()
+        send(connection, request)
         sent = time.monotonic()
         response = connection.getresponse()
         head = time.monotonic()
         if response.status != 200:
             raise ProbeError(
-                f"HTTP {response.status} {response.reason} from {target.url}"
+                f"HTTP {response.status} {response.reason} from {target.url}{via}"
                 f"{error_detail(response.read(4096))}"
             )
         encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
@@ -319,7 +490,7 @@ def measure(target: Target, timeout_s: float, insecure: bool = False) -> Measure
             except http.client.IncompleteRead as error:
                 raise ProbeError(
                     f"the stream was cut after {wire_bytes + len(error.partial)} bytes "
-                    f"from {target.url}"
+                    f"from {target.url}{via}"
                 ) from None
             now = time.monotonic() - sent
             if not data:
@@ -350,6 +521,7 @@ def measure(target: Target, timeout_s: float, insecure: bool = False) -> Measure
             wire_bytes=wire_bytes,
             body_bytes=body_bytes,
             decoded=decoder is not None or encoding == "identity",
+            headers=tuple((name, response.getheader(name)) for name in SHOWN_HEADERS),
         )
     finally:
         connection.close()
@@ -369,23 +541,86 @@ def error_detail(body: bytes) -> str:
     return f": {detail}" if detail else ""
 
 
-def network_error(error: BaseException, target: Target, timeout_s: float) -> str:
-    where = f"{target.host}:{target.port}"
+def network_error(error: BaseException, request: Request, timeout_s: float) -> str:
+    target, proxy = request.target, request.proxy
+    origin = f"{target.host}:{target.port}"
+    # The probe's own connection goes to the proxy when there is one.
+    where = f"proxy {proxy.host}:{proxy.port}" if proxy else origin
     if isinstance(error, ConnectionRefusedError):
         return f"connection refused by {where}"
     if isinstance(error, socket.gaierror):
-        return f"cannot resolve {target.host}: {error.strerror}"
+        return f"cannot resolve {proxy.host if proxy else target.host}: {error.strerror}"
     if isinstance(error, (TimeoutError, socket.timeout)):
         return f"no answer from {where} within {timeout_s:.0f} s"
     if isinstance(error, ssl.SSLCertVerificationError):
-        return f"TLS certificate of {where} not trusted: {error.verify_message} (--insecure skips)"
+        return f"TLS certificate of {origin} not trusted: {error.verify_message} (--insecure skips)"
     if isinstance(error, ssl.SSLError):
-        return f"TLS with {where} failed: {error.reason or error}"
+        return f"TLS with {origin} failed: {error.reason or error}"
     if isinstance(error, http.client.RemoteDisconnected):
         return f"{where} closed the connection without an answer"
     if isinstance(error, http.client.HTTPException):
         return f"bad HTTP from {where}: {type(error).__name__} {error}"
+    if proxy and str(error).startswith("Tunnel connection failed"):
+        # http.client's only word on a refused CONNECT: "Tunnel connection failed: 403 ...".
+        answer = str(error).partition(":")[2].strip()
+        return f"the proxy {proxy.url} would not open a tunnel to {origin}: {answer}"
     return f"{where}: {getattr(error, 'strerror', None) or error}"
+
+
+# --- the platform's queue time -----------------------------------------------------------------
+
+# A Server-Timing duration: a plain decimal number of milliseconds, no sign (time spent in the
+# platform is never negative, and a clock that says so is not worth showing).
+DURATION = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)  # as page.js reads it
+
+
+def platform_queue_ms(server_timing: str | None) -> float | None:
+    """The `queue` metric's duration in a Server-Timing header, or None.
+
+    The app answers `Server-Timing: queue;dur=12.5` when gorouter's X-Request-Start reached it:
+    the milliseconds the request spent in the platform (router, load balancers) before the app
+    saw it. Read leniently: other metrics may come first (`name;param=value;...`, comma
+    separated, values maybe quoted); the first `queue` metric counts, and its first `dur`.
+    """
+    for metric in split_unquoted(server_timing or "", ","):
+        name, *params = split_unquoted(metric, ";")
+        if name.strip().lower() != "queue":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "dur":
+                return duration_ms(value)
+        return None
+    return None
+
+
+def split_unquoted(text: str, separator: str) -> list[str]:
+    """The text split at each separator outside a "quoted string" (where \\ escapes)."""
+    parts, current, quoted, escaped = [], [], False, False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def duration_ms(value: str) -> float | None:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1].strip()
+    if not DURATION.fullmatch(value):
+        return None
+    duration = float(value)
+    return duration if math.isfinite(duration) else None
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -426,21 +661,74 @@ def histogram(arrivals: Sequence[Arrival], pacing: Pacing, width: int = 40) -> l
     return lines
 
 
-def report(target: Target, pacing: Pacing, found: Measurement, verdict: Verdict) -> str:
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text from the network as safe to print: no control characters, no endless line."""
+    text = "".join(char if char.isprintable() else "?" for char in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def route_lines(request: Request) -> list[str]:
+    """How the request went: a Host given with -H, the proxy on the way."""
+    lines = []
+    host = request.header("Host")
+    host_given = host != request.target.netloc
+    if host_given:
+        lines.append(f"         Host: {printable(host) if host else '(none)'}, from -H")
+    if request.tunnelled:
+        lines.append(f"         via proxy {request.proxy.url}, in a CONNECT tunnel")
+    elif request.proxy:
+        lines.append(f"         via proxy {request.proxy.url}")
+        if host_given:
+            lines.append(
+                "         note: an HTTP proxy may replace -H Host with the URL's host; "
+                "https:// (a tunnel) or NO_PROXY keeps it"
+            )
+    return lines
+
+
+def queue_line(found: Measurement) -> str:
+    queue_ms = platform_queue_ms(found.header("Server-Timing"))
+    if queue_ms is None:
+        return (
+            f"platform queue {'-':>9}   "
+            "no X-Request-Start reached the app: no gorouter on the path?"
+        )
+    return f"platform queue {queue_ms:>6.1f} ms   X-Request-Start to the app (Server-Timing)"
+
+
+def header_lines(found: Measurement) -> list[str]:
+    width = max(len(name) for name in SHOWN_HEADERS)
+    lines = []
+    for index, (name, value) in enumerate(found.headers):
+        shown = "-" if value is None else printable(value) or "(empty)"
+        lines.append(f"{'headers' if index == 0 else '':<15}{name:<{width}}  {shown}")
+    return lines
+
+
+def report(request: Request, pacing: Pacing, found: Measurement, verdict: Verdict) -> str:
     line = summarize(found.arrivals, pacing)
     compressed = "" if found.encoding == "identity" else f", {found.encoding}"
     counted = "" if found.decoded else f" (counted as sent: cannot decode {found.encoding})"
     lines = [
-        f"probe    GET {target.url}",
+        f"probe    GET {request.target.url}",
+        *route_lines(request),
         f"expects  {pacing.nblocks} blocks of {pacing.block_size} bytes, {pacing.sleep_ms} ms "
         f"apart: {pacing.total_bytes} bytes over {pacing.spread_s:.2f} s",
         "",
         f"connect        {ms(found.connect_s):>9}",
         f"response head  {ms(found.head_s):>9}   {found.status_line}, {found.framing}{compressed}",
+        queue_line(found),
         f"first byte     {ms(line.first_byte_s):>9}   time to first byte of the body",
         f"last byte      {ms(line.last_byte_s):>9}",
-        f"body           {found.body_bytes} bytes in {line.reads} read(s), "
+        f"body           {found.body_bytes} bytes in {plural(line.reads, 'read')}, "
         f"{found.wire_bytes} bytes on the wire{counted}",
+        # Reads are not blocks: say so, lest a read count look like a verdict.
+        "               (a read: what arrived at once; proxies may re-chunk, so reads need not "
+        "match blocks)",
         f"throughput     {rate(found.wire_bytes, line.spread_s)} on the wire, first to last "
         f"byte; {rate(found.wire_bytes, line.last_byte_s)} from the request",
         f"largest gap    {ms(line.largest_gap_s):>9}   before the read at "
@@ -453,6 +741,7 @@ def report(target: Target, pacing: Pacing, found: Measurement, verdict: Verdict)
         )
     else:
         lines.append("               (sleep_ms=0: the throughput is the path's, unpaced)")
+    lines += ["", *header_lines(found)]
     lines += ["", *histogram(found.arrivals, pacing), ""]
     lines.append(f"verdict: {verdict.state}")
     lines += [f"  - {reason}" for reason in verdict.reasons]
@@ -465,18 +754,48 @@ def whole_number(text: str) -> int:
     return int(text)
 
 
+DESCRIPTION = """\
+Stream paced blocks from a streamhtml route and tell whether anything on the way buffers
+them. Also shows the response headers that tell what is on the path, and the time the request
+spent in the platform before the app saw it (from the app's Server-Timing: queue;dur=...).
+"""
+
+EPILOG = """\
+Exit status: 0 STREAMS, 1 BUFFERED, 2 error, 3 UNKNOWN (pacing too short).
+
+Proxies: as Python's urllib, the probe goes through HTTP_PROXY for http:// URLs and through
+HTTPS_PROXY (in a CONNECT tunnel) for https:// ones, unless NO_PROXY lists the host; lowercase
+names win. Only http:// proxy URLs, with user:password@ for Basic proxy authentication.
+
+To probe a Cloud Foundry router by its address, give the route's host name:
+  python -m streamhtml.probe -H 'Host: app.apps.example.com' http://10.0.0.5
+gorouter refuses a Host that is the client's own IP. Through an http:// proxy, the proxy
+takes the host from the URL; an https:// URL keeps -H Host inside the tunnel (add -k when
+the router's certificate does not name the address).
+"""
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m streamhtml.probe",
-        description="Stream paced blocks from a streamhtml route and tell whether anything on "
-        "the way buffers them.",
-        epilog="Exit status: 0 STREAMS, 1 BUFFERED, 2 error, 3 UNKNOWN (pacing too short).",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("url", help="the route (https://host) or a full .../streamhtml URL")
     parser.add_argument("--nblocks", type=whole_number, help=f"default {DEFAULT_NBLOCKS}")
     parser.add_argument("--block-size", type=whole_number, help=f"default {DEFAULT_BLOCK_SIZE}")
     parser.add_argument(
         "--sleep-ms", type=whole_number, help=f"pause between blocks, default {DEFAULT_SLEEP_MS}"
+    )
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header, as curl's -H: repeatable; replaces the probe's own header of "
+        "that name (Host, Accept-Encoding, ...); 'NAME:' with no value drops it",
     )
     parser.add_argument(
         "--timeout", type=float, help="seconds to wait on the network; default the pacing + 30"
@@ -492,17 +811,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         target, pacing = target_for(args.url, args.nblocks, args.block_size, args.sleep_ms)
+        request = request_for(target, args.header)
     except ProbeError as error:
         print(f"probe: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     timeout_s = args.timeout if args.timeout else pacing.spread_s + 30.0
     try:
-        found = measure(target, timeout_s, args.insecure)
+        found = measure(request, timeout_s, args.insecure)
     except ProbeError as error:
         print(f"probe: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except (OSError, http.client.HTTPException) as error:
-        print(f"probe: error: {network_error(error, target, timeout_s)}", file=sys.stderr)
+        print(f"probe: error: {network_error(error, request, timeout_s)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
@@ -514,7 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_ERROR
     verdict = judge(found.arrivals, pacing)
-    print(report(target, pacing, found, verdict))
+    print(report(request, pacing, found, verdict))
     return verdict.exit_code
 
 

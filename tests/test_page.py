@@ -10,11 +10,12 @@ import re
 import time
 
 import pytest
+from forward_proxy import Relay
 from nginx_support import Nginx
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 from support import REPO
-from test_probe import VERDICTS
+from verdict_cases import SERVER_TIMINGS, VERDICTS
 
 from streamhtml.probe import judge
 
@@ -25,9 +26,9 @@ README_SCREENSHOT = REPO / "docs" / "page.png"
 
 # A CSP violation is reported to the page as an event; record each one where the test sees it.
 RECORD_CSP_VIOLATIONS = """
-window.__cspViolations = [];
+window.cspViolationsSeen = [];
 document.addEventListener("securitypolicyviolation", (event) => {
-  window.__cspViolations.push(`${event.violatedDirective} blocked ${event.blockedURI}`);
+  window.cspViolationsSeen.push(`${event.violatedDirective} blocked ${event.blockedURI}`);
 });
 """
 
@@ -52,6 +53,7 @@ SNAPSHOT = """
   state: document.getElementById("verdict").dataset.state,
   verdict: document.getElementById("verdict").innerText,
   rate: document.getElementById("rate").innerText,
+  queue: document.getElementById("queue").innerText,
 })
 """
 
@@ -94,7 +96,7 @@ def page(browser):
 
 
 def assert_no_troubles(page, *allowed: str):
-    violations = page.evaluate("window.__cspViolations")
+    violations = page.evaluate("window.cspViolationsSeen")
     assert violations == [], violations
     assert page.troubles.unexpected(*allowed) == []
 
@@ -143,6 +145,7 @@ def test_a_direct_stream_is_drawn_as_it_arrives_and_the_page_says_it_streams(
     assert done["bytes"] == done["total"] == 8 * 2048 and done["points"] >= 8
     assert "STREAMS" in done["verdict"]
     assert re.search(r"[67] of the 7 pauses between blocks came through", done["verdict"])
+    assert done["queue"] == "–"  # nothing stamped X-Request-Start: the app reports no queue
     chart_label = page.get_by_role("img").get_attribute("aria-label")
     assert re.search(r"16,384 bytes in \d+ reads over 2\.\d+ s\. STREAMS", chart_label)
     assert_no_troubles(page)
@@ -213,4 +216,44 @@ def test_the_page_judges_as_the_probe_does(page, server, pacing, arrivals, verdi
     )
     assert found["state"] == verdict.lower(), found["reasons"]
     assert tuple(found["reasons"]) == judge(arrivals, pacing).reasons
+    assert_no_troubles(page)
+
+
+def test_the_page_reads_the_platform_queue_time_as_the_probe_does(page, server):
+    page.goto(f"http://127.0.0.1:{server.port}/")
+    found = page.evaluate(
+        "(headers) => headers.map((header) => window.streamhtml.platformQueueMs(header))",
+        [header for header, _ in SERVER_TIMINGS],
+    )
+    wrong = [
+        (header, got, expected)
+        for (header, expected), got in zip(SERVER_TIMINGS, found)
+        if got != expected
+    ]
+    assert wrong == [] and len(found) == len(SERVER_TIMINGS)
+    assert_no_troubles(page)
+
+
+@pytest.fixture
+def relay_with_server_timing(server):
+    """A relay in front of the app that adds `Server-Timing: queue;dur=12.5`, as the app will
+    answer when gorouter's X-Request-Start reaches it (that side is not in this tree)."""
+    relay = Relay(server.port, response_headers=[("Server-Timing", "app;dur=2, queue;dur=12.5")])
+    yield relay.start()
+    relay.stop()
+
+
+def test_the_page_shows_the_time_the_request_spent_in_the_platform(page, relay_with_server_timing):
+    start_stream(page, relay_with_server_timing.url, nblocks=4, block_size=1024, sleep_ms=200)
+    done = wait_for(page, finished)
+    assert done["state"] == "streams", done
+    assert done["queue"] == "12.5 ms"
+    queue = page.locator("#queue")
+    assert queue.get_attribute("data-value") == "12.5"
+    label = page.locator("dd#queue >> xpath=preceding-sibling::dt").inner_text()
+    described = page.locator(f"#{queue.get_attribute('aria-describedby')}").inner_text()
+    assert label == "Platform queue"
+    assert "time the request spent in the platform" in described
+    assert "before the app saw it" in described
+    assert any("/streamhtml?" in url for url in page.requested)
     assert_no_troubles(page)

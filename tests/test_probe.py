@@ -1,18 +1,24 @@
 """The probe: `python -m streamhtml.probe URL` tells a path that streams from one that buffers.
 
-The verdict is a pure function of arrival times, tested on tables of arrivals; the probe as a
-whole is run as a user runs it, against gunicorn directly and through two nginx proxies: one
-that buffers (gzip on, the app's `X-Accel-Buffering: no` ignored) and one that honours it.
+The verdict is a pure function of arrival times, tested on tables of arrivals, as are the
+parsing of -H arguments, the choice of proxy and the reading of Server-Timing. The probe as a
+whole is run as a user runs it: against gunicorn directly; through two nginx proxies, one that
+buffers (gzip on, the app's `X-Accel-Buffering: no` ignored) and one that honours it; through
+TLS; and through stand-ins of our own (tests/forward_proxy.py) for a forward proxy (HTTP_PROXY,
+HTTPS_PROXY) and for a router in front of the app.
 """
 
+import base64
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+from forward_proxy import ForwardProxy, Relay
 from nginx_support import Nginx
 from support import REPO, free_port
+from verdict_cases import SERVER_TIMINGS, TEN_PACED, VERDICTS
 
 from streamhtml.probe import (
     BUFFERED,
@@ -20,80 +26,22 @@ from streamhtml.probe import (
     UNKNOWN,
     Pacing,
     ProbeError,
+    Proxy,
+    Request,
+    Target,
     judge,
+    parse_header,
+    parse_proxy,
+    platform_queue_ms,
+    proxy_for,
+    request_headers,
+    route_lines,
     summarize,
     target_for,
 )
 
-TEN_PACED = Pacing(nblocks=10, block_size=1024, sleep_ms=300)
-
-
-def paced(pacing: Pacing, start_s=0.005, jitter=(), nbytes=None):
-    """One arrival per block, sleep_ms apart, as a path that passes the stream through gives."""
-    jitter = list(jitter) + [0.0] * pacing.nblocks
-    return [
-        (start_s + k * pacing.sleep_ms / 1000 + jitter[k], nbytes or pacing.block_size)
-        for k in range(pacing.nblocks)
-    ]
-
-
-def bunched(pacing: Pacing, every: int):
-    """Blocks released `every` at a time, as a proxy with a buffer of that many blocks gives."""
-    return [
-        (0.005 + (k // every + 1) * every * pacing.sleep_ms / 1000, pacing.block_size)
-        for k in range(pacing.nblocks)
-    ]
-
-
-VERDICTS = [
-    # (what the path did, pacing asked for, arrivals, verdict)
-    ("passes each block through", TEN_PACED, paced(TEN_PACED), STREAMS),
-    (
-        "passes blocks through with 100 ms of jitter",
-        TEN_PACED,
-        paced(TEN_PACED, jitter=[0, 0.1, -0.05, 0.1, 0, -0.1, 0.05, 0, 0.1, 0]),
-        STREAMS,
-    ),
-    (
-        "compresses each block on the way (fewer bytes on the wire, still paced)",
-        TEN_PACED,
-        paced(TEN_PACED, nbytes=640),
-        STREAMS,
-    ),
-    (
-        "is slow to start (1.5 s to the first byte) but keeps the pauses",
-        TEN_PACED,
-        paced(TEN_PACED, start_s=1.5),
-        STREAMS,
-    ),
-    (
-        "is slower than the pacing: 1 MiB blocks trickle in at 2 MiB/s",
-        Pacing(nblocks=4, block_size=1 << 20, sleep_ms=300),
-        [(0.01 + i * 0.03125, 65536) for i in range(64)],
-        STREAMS,
-    ),
-    ("holds everything and sends it in one read at the end", TEN_PACED, [(2.71, 10240)], BUFFERED),
-    (
-        "holds everything and sends it in a few reads at the end",
-        TEN_PACED,
-        [(2.705, 4096), (2.706, 4096), (2.707, 2048)],
-        BUFFERED,
-    ),
-    ("releases blocks two at a time", TEN_PACED, bunched(TEN_PACED, 2), BUFFERED),
-    ("releases blocks five at a time", TEN_PACED, bunched(TEN_PACED, 5), BUFFERED),
-    (
-        "passes three blocks through, then holds the rest for one burst",
-        TEN_PACED,
-        paced(TEN_PACED)[:3] + [(2.71, 7 * 1024)],
-        BUFFERED,
-    ),
-    ("two blocks, both in one read", Pacing(2, 1024, 1000), [(1.0, 2048)], BUFFERED),
-    ("two blocks, a second apart", Pacing(2, 1024, 1000), [(0.01, 1024), (1.01, 1024)], STREAMS),
-    ("was asked for no pauses (sleep_ms=0)", Pacing(10, 1024, 0), [(0.01, 10240)], UNKNOWN),
-    ("was asked for pauses shorter than jitter", Pacing(10, 1024, 20), [(0.01, 10240)], UNKNOWN),
-    ("was asked for one block", Pacing(1, 1024, 300), [(0.01, 1024)], UNKNOWN),
-    ("sent no body at all", TEN_PACED, [], UNKNOWN),
-]
+# A short paced stream for the wire tests that are not about the pacing: 0.6 s.
+QUICK = ("--nblocks", "4", "--sleep-ms", "200")
 
 
 @pytest.mark.parametrize(
@@ -105,6 +53,8 @@ def test_the_verdict_of_a_path_that(pacing, arrivals, verdict):
     found = judge(arrivals, pacing)
     assert found.state == verdict, found.reasons
     assert found.reasons and all(found.reasons)
+    if verdict != BUFFERED:
+        assert "buffer" not in " ".join(found.reasons).lower()
     assert found.exit_code == {STREAMS: 0, BUFFERED: 1, UNKNOWN: 3}[verdict]
 
 
@@ -171,12 +121,21 @@ def test_a_url_the_probe_cannot_use_is_an_error(url):
         target_for(url)
 
 
+def without_proxies(environ) -> dict:
+    """The environment without any *_proxy variable: each test says which proxies it uses."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not name.lower().endswith("_proxy") and name != "REQUEST_METHOD"
+    }
+
+
 def probe(*args: str, timeout_s: float = 60, env=None) -> subprocess.CompletedProcess:
     """The probe run as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "streamhtml.probe", *args],
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env={**without_proxies(os.environ), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -209,6 +168,22 @@ def test_a_bare_probe_of_the_service_says_it_streams(server):
         assert f"\n{line}" in run.stdout, line
     assert "verdict: STREAMS" in run.stdout
     assert re.search(r"\n  - [89] of the 9 pauses between blocks came through\n", run.stdout)
+    for name, value in [
+        ("Transfer-Encoding", "chunked"),
+        ("Content-Encoding", "-"),
+        ("Via", "-"),
+        ("Server-Timing", "-"),
+    ]:
+        assert shown_header(run.stdout, name) == value, name
+    assert shown_header(run.stdout, "X-Vcap-Request-Id")  # the app's own request id, or "-"
+    absent = "no X-Request-Start reached the app: no gorouter on the path?"
+    assert f"\nplatform queue         -   {absent}\n" in run.stdout
+
+
+def shown_header(output: str, name: str) -> str | None:
+    """The value the probe's report shows for a response header, None if it has no line."""
+    found = re.search(rf"^(?:headers)? +{re.escape(name)} +(.*)$", output, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +206,7 @@ def test_the_probe_through_a_buffering_nginx_says_buffered(buffering_nginx):
     run = probe(buffering_nginx.url, "--nblocks", "6", "--sleep-ms", "250")
     assert run.returncode == 1, run.stdout + run.stderr + buffering_nginx.log()
     assert "gzip" in run.stdout  # nginx compressed it: the probe asks for gzip as a browser does
+    assert shown_header(run.stdout, "Content-Encoding") == "gzip"
     assert "verdict: BUFFERED" in run.stdout
     assert "5 of the 5 pauses between blocks were missing" in run.stdout
 
@@ -290,3 +266,317 @@ def test_a_route_that_is_not_streamhtml_is_an_error_not_a_verdict(server):
     # The probe asks for /health/streamhtml here, as it would on a route to some other app.
     run = probe(f"http://127.0.0.1:{server.port}/health")
     assert_one_line_error(run, "HTTP 404")
+
+
+# --- request headers with -H ---------------------------------------------------------------------
+
+PROBE_HEADERS = ["Host", "Accept-Encoding", "Accept", "Cache-Control", "User-Agent"]
+
+
+@pytest.mark.parametrize(
+    "arguments, names, changed",
+    [
+        ([], PROBE_HEADERS, {"Host": "app.example:8080", "Accept-Encoding": "gzip"}),
+        (["Host: router.example"], PROBE_HEADERS, {"Host": "router.example"}),
+        (["host:router.example"], ["host", *PROBE_HEADERS[1:]], {"host": "router.example"}),
+        (["X-Extra: 1"], [*PROBE_HEADERS, "X-Extra"], {"X-Extra": "1"}),
+        (["Accept-Encoding:"], ["Host", "Accept", "Cache-Control", "User-Agent"], {}),
+        (["Accept-Encoding: identity"], PROBE_HEADERS, {"Accept-Encoding": "identity"}),
+        (["X-A: 1", "X-A:  2 "], [*PROBE_HEADERS, "X-A", "X-A"], {}),
+        (["Authorization: Basic a2V5OnZhbHVl"], [*PROBE_HEADERS, "Authorization"], {}),
+    ],
+)
+def test_a_header_given_with_dash_h_replaces_the_probes_own_or_is_added(arguments, names, changed):
+    target = Target("http", "app.example", 8080, "/streamhtml")
+    headers = request_headers(target, [parse_header(argument) for argument in arguments])
+    assert [name for name, _ in headers] == names
+    for name, value in changed.items():
+        assert dict(headers)[name] == value
+    if arguments == ["X-A: 1", "X-A:  2 "]:
+        assert headers[-2:] == (("X-A", "1"), ("X-A", "2"))
+
+
+@pytest.mark.parametrize(
+    "argument, complaint",
+    [
+        ("Host app.example", "give it as 'Name: value'"),
+        (": app.example", "the header name is empty"),
+        ("Ho st: app.example", "is not a header name"),
+        ("Host: app.example\r\nX-Injected: 1", "CR, LF or NUL"),
+        ("X-Name\n: value", "CR, LF or NUL"),
+        ("X-Note: caf\u00e9 \u2615", "must be Latin-1"),
+    ],
+)
+def test_a_malformed_header_argument_is_one_line_and_exit_2(argument, complaint):
+    with pytest.raises(ProbeError, match=re.escape(complaint)):
+        parse_header(argument)
+    assert_one_line_error(probe("-H", argument, "http://127.0.0.1:9/"), complaint)
+
+
+def test_a_host_given_with_dash_h_reaches_the_app(server, start_hop):
+    relay = start_hop(Relay(server.port))
+    run = probe("-H", "Host: app.example", f"http://127.0.0.1:{relay.port}/", *QUICK)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verdict: STREAMS" in run.stdout
+    assert "\n         Host: app.example, from -H\n" in run.stdout
+    assert [seen.header("Host") for seen in relay.seen] == ["app.example"]
+
+
+@pytest.fixture
+def start_hop():
+    """Start a ForwardProxy or Relay; each one is stopped after the test, its threads joined."""
+    started = []
+
+    def start(hop):
+        started.append(hop)
+        return hop.start()
+
+    yield start
+    for hop in started:
+        hop.stop()
+
+
+# --- proxies -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "environ, url, proxy_url",
+    [
+        ({"HTTP_PROXY": "http://proxy:3128"}, "http://app.example/", "http://proxy:3128"),
+        ({"http_proxy": "http://proxy:3128"}, "http://app.example/", "http://proxy:3128"),
+        (
+            {"HTTP_PROXY": "http://upper:3128", "http_proxy": "http://lower:3128"},
+            "http://app.example/",
+            "http://lower:3128",
+        ),
+        ({"HTTP_PROXY": "http://proxy:3128"}, "https://app.example/", None),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https://app.example/", "http://proxy:3128"),
+        ({"https_proxy": "proxy:3128"}, "https://app.example/", "http://proxy:3128"),
+        ({"HTTPS_PROXY": "http://proxy"}, "https://app.example/", "http://proxy:80"),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "http://app.example/", None),
+        ({"ALL_PROXY": "http://proxy:3128"}, "http://app.example/", None),
+        (
+            {"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "app.example"},
+            "http://app.example/",
+            None,
+        ),
+        (
+            {"HTTP_PROXY": "http://proxy:3128", "no_proxy": "localhost, .example"},
+            "http://app.example:8080/",
+            None,
+        ),
+        (
+            {"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "other.example"},
+            "http://app.example/",
+            "http://proxy:3128",
+        ),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "*"}, "https://app.example/", None),
+    ],
+)
+def test_the_probe_picks_its_proxy_as_urllib_does(monkeypatch, environ, url, proxy_url):
+    for name in os.environ:
+        if name not in without_proxies(os.environ):
+            monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    proxy = proxy_for(target_for(url)[0])
+    assert (proxy.url if proxy else None) == proxy_url
+
+
+def test_proxy_credentials_become_basic_authorization_and_are_never_shown():
+    proxy = parse_proxy("http://probe:s%40cret@proxy.example:3128", "https")
+    assert proxy.authorization == "Basic " + base64.b64encode(b"probe:s@cret").decode()
+    assert proxy.url == "http://proxy.example:3128"
+    assert parse_proxy("http://proxy.example:3128", "http").authorization is None
+
+
+@pytest.mark.parametrize(
+    "proxy_url, complaint",
+    [
+        ("socks5://127.0.0.1:1080", "cannot use the https proxy socks5://127.0.0.1:1080"),
+        ("https://probe:s3cret@proxy:443", "cannot use the https proxy https://proxy:443"),
+        ("http://:3128", "no host in the https proxy"),
+        ("http://proxy:99999", "bad port in the https proxy"),
+    ],
+)
+def test_a_proxy_the_probe_cannot_use_is_one_line_and_exit_2(proxy_url, complaint):
+    with pytest.raises(ProbeError, match=re.escape(complaint)):
+        parse_proxy(proxy_url, "https")
+    run = probe("https://app.example/", env={"HTTPS_PROXY": proxy_url})
+    assert_one_line_error(run, complaint)
+    assert "s3cret" not in run.stderr
+
+
+def test_the_probe_honours_http_proxy(server, start_hop):
+    proxy = start_hop(ForwardProxy())
+    environ = {"HTTP_PROXY": f"http://probe:s%40cret@127.0.0.1:{proxy.port}"}
+    run = probe(f"http://127.0.0.1:{server.port}/", *QUICK, env=environ)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verdict: STREAMS" in run.stdout
+    assert f"\n         via proxy {proxy.url}\n" in run.stdout and "cret" not in run.stdout
+    assert shown_header(run.stdout, "Via") == "1.1 test-forward-proxy"
+    [seen] = proxy.seen
+    assert seen.method == "GET"
+    assert seen.target.startswith(f"http://127.0.0.1:{server.port}/streamhtml?nblocks=4&")
+    assert (
+        seen.header("Proxy-Authorization") == "Basic " + base64.b64encode(b"probe:s@cret").decode()
+    )
+
+
+HTTP_TARGET = Target("http", "app.example", 80, "/streamhtml")
+HTTPS_TARGET = Target("https", "app.example", 443, "/streamhtml")
+A_PROXY = Proxy("proxy.example", 3128, "Basic cHJvYmU6c2VjcmV0")
+GIVEN_HOST = (("Host", "router.example"),)
+
+
+@pytest.mark.parametrize(
+    "request_made, lines",
+    [
+        (Request(HTTP_TARGET, (("Host", "app.example"),)), []),
+        (Request(HTTP_TARGET, GIVEN_HOST), ["Host: router.example, from -H"]),
+        (Request(HTTP_TARGET, ()), ["Host: (none), from -H"]),
+        (
+            Request(HTTP_TARGET, (("Host", "app.example"),), A_PROXY),
+            ["via proxy http://proxy.example:3128"],
+        ),
+        (
+            Request(HTTP_TARGET, GIVEN_HOST, A_PROXY),
+            [
+                "Host: router.example, from -H",
+                "via proxy http://proxy.example:3128",
+                "note: an HTTP proxy may replace -H Host with the URL's host; https:// (a tunnel) "
+                "or NO_PROXY keeps it",
+            ],
+        ),
+        (
+            Request(HTTPS_TARGET, GIVEN_HOST, A_PROXY),
+            [
+                "Host: router.example, from -H",
+                "via proxy http://proxy.example:3128, in a CONNECT tunnel",
+            ],
+        ),
+    ],
+)
+def test_the_report_says_how_the_request_went(request_made, lines):
+    assert [line.strip() for line in route_lines(request_made)] == lines
+
+
+def test_no_proxy_sends_the_probe_around_the_proxy(server, start_hop):
+    proxy = start_hop(ForwardProxy())
+    environ = {"http_proxy": proxy.url, "no_proxy": "localhost,127.0.0.1"}
+    run = probe(f"http://127.0.0.1:{server.port}/", *QUICK, env=environ)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "via proxy" not in run.stdout and shown_header(run.stdout, "Via") == "-"
+    assert proxy.seen == []
+
+
+def test_the_probe_tunnels_https_through_https_proxy_with_connect(tls_nginx, start_hop):
+    proxy = start_hop(ForwardProxy())
+    environ = {
+        "HTTPS_PROXY": f"http://probe:s%40cret@127.0.0.1:{proxy.port}",
+        "SSL_CERT_FILE": str(tls_nginx.certificate),
+    }
+    run = probe(tls_nginx.url, *QUICK, env=environ)
+    assert run.returncode == 0, run.stdout + run.stderr + tls_nginx.log()
+    assert "verdict: STREAMS" in run.stdout
+    assert f"\n         via proxy {proxy.url}, in a CONNECT tunnel\n" in run.stdout
+    assert "cret" not in run.stdout
+    [seen] = proxy.seen
+    assert (seen.method, seen.target) == ("CONNECT", f"127.0.0.1:{tls_nginx.port}")
+    assert (
+        seen.header("Proxy-Authorization") == "Basic " + base64.b64encode(b"probe:s@cret").decode()
+    )
+
+
+@pytest.fixture
+def tls_nginx_before_a_relay(server, start_hop, tmp_path):
+    """https:// nginx in front of a Relay that records the Host each request reached it with."""
+    relay = start_hop(Relay(server.port))
+    nginx = Nginx(tmp_path / "nginx", relay.port, True, tls=True).start()
+    yield nginx, relay
+    nginx.stop()
+
+
+def test_a_host_given_with_dash_h_reaches_the_app_through_the_tunnel(
+    tls_nginx_before_a_relay, start_hop
+):
+    nginx, relay = tls_nginx_before_a_relay
+    proxy = start_hop(ForwardProxy())
+    environ = {"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(nginx.certificate)}
+    run = probe("-H", "Host: app.example", nginx.url, *QUICK, env=environ)
+    assert run.returncode == 0, run.stdout + run.stderr + nginx.log()
+    assert [(seen.method, seen.target) for seen in proxy.seen] == [
+        ("CONNECT", f"127.0.0.1:{nginx.port}")
+    ]
+    assert [seen.header("Host") for seen in relay.seen] == ["app.example"]
+
+
+def test_a_proxy_that_will_not_open_the_tunnel_is_one_line_and_exit_2(start_hop):
+    proxy = start_hop(ForwardProxy())
+    run = probe(f"https://127.0.0.1:{free_port()}", env={"HTTPS_PROXY": proxy.url})
+    assert_one_line_error(run, f"the proxy {proxy.url} would not open a tunnel", "502")
+
+
+def test_a_proxy_that_refuses_the_connection_is_one_line_and_exit_2():
+    port = free_port()
+    run = probe("http://app.example/", env={"HTTP_PROXY": f"http://127.0.0.1:{port}"})
+    assert_one_line_error(run, f"connection refused by proxy 127.0.0.1:{port}")
+
+
+# --- the platform's queue time -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server_timing, queue_ms", SERVER_TIMINGS)
+def test_the_platform_queue_time_read_from(server_timing, queue_ms):
+    assert platform_queue_ms(server_timing) == queue_ms
+
+
+def test_the_probe_shows_the_platform_queue_time_the_app_reports(server, start_hop):
+    # The relay adds the header the app sends when X-Request-Start reached it (the app's side
+    # is not in this tree): what the probe makes of it is under test, not the app.
+    added = [("Server-Timing", "queue;dur=12.5, app;dur=3")]
+    relay = start_hop(Relay(server.port, response_headers=added))
+    run = probe(relay.url, *QUICK)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (
+        "\nplatform queue   12.5 ms   X-Request-Start to the app (Server-Timing)\n"
+    ) in run.stdout
+    assert shown_header(run.stdout, "Server-Timing") == "queue;dur=12.5, app;dur=3"
+
+
+# --- re-chunking is not buffering ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "proxy, nblocks, block_size",
+    [
+        (ForwardProxy(rechunk="halves"), 5, 1024),
+        (ForwardProxy(rechunk="reads", read_pause_s=0.002), 4, 20480),
+    ],
+    ids=["each block in two halves", "blocks in 8 KiB pieces, as gorouter sends them"],
+)
+def test_a_paced_stream_re_chunked_by_a_proxy_still_streams(
+    server, start_hop, proxy, nblocks, block_size
+):
+    start_hop(proxy)
+    url = f"http://127.0.0.1:{server.port}/"
+    sizes = ("--nblocks", str(nblocks), "--block-size", str(block_size), "--sleep-ms", "200")
+    run = probe(url, *sizes, env={"HTTP_PROXY": proxy.url})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verdict: STREAMS" in run.stdout and "buffer" not in run.stdout.lower()
+    # The proxy did re-frame the stream: more chunks than blocks, none of them a whole block.
+    assert sum(proxy.chunk_sizes) == nblocks * block_size
+    assert len(proxy.chunk_sizes) >= 2 * nblocks and max(proxy.chunk_sizes) < block_size
+
+
+def test_an_unpaced_stream_in_8_kib_pieces_is_unknown_never_buffered(server, start_hop):
+    proxy = start_hop(ForwardProxy(rechunk="reads", read_pause_s=0.002))
+    url = f"http://127.0.0.1:{server.port}/"
+    sizes = ("--nblocks", "1000", "--block-size", "200", "--sleep-ms", "0")
+    run = probe(url, *sizes, env={"HTTP_PROXY": proxy.url})
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "verdict: UNKNOWN" in run.stdout and "buffer" not in run.stdout.lower()
+    assert "proxies may re-chunk, so reads need not match blocks" in run.stdout
+    # As gorouter sends it: many 200-byte blocks to a chunk, none over 8 KiB.
+    assert sum(proxy.chunk_sizes) == 200_000
+    assert len(proxy.chunk_sizes) < 100 and 4096 < max(proxy.chunk_sizes) <= 8192

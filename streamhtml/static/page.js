@@ -1,8 +1,11 @@
-// streamhtml's live page: start a paced stream with fetch, read it chunk by chunk from its
+// streamhtml's live page: start a paced stream with fetch, read it read by read from its
 // ReadableStream, chart the bytes against time as they arrive, and say at the end whether
-// something between this browser and the service buffered it.
+// something between this browser and the service buffered it. It also shows the platform
+// queue time the app reports in its Server-Timing header.
 //
-// The verdict follows the same rules, with the same thresholds, as streamhtml/probe.py.
+// The verdict follows the same rules, with the same thresholds, as streamhtml/probe.py. It is
+// judged on arrival times, never on the number of reads: proxies may re-chunk a stream (gorouter
+// sends an unpaced one in about 8 KiB pieces) without holding it back.
 "use strict";
 
 (() => {
@@ -118,6 +121,64 @@
       );
     }
     return { state: "streams", reasons };
+  }
+
+  // --- the platform's queue time ------------------------------------------------------------
+
+  // A Server-Timing duration: plain decimal milliseconds, no sign (as probe.py's DURATION).
+  const DURATION = /^(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+
+  // The text split at each separator outside a "quoted string" (where \ escapes).
+  function splitUnquoted(text, separator) {
+    const parts = [];
+    let current = "";
+    let quoted = false;
+    let escaped = false;
+    for (const char of text) {
+      if (escaped) {
+        escaped = false;
+      } else if (quoted && char === "\\") {
+        escaped = true;
+      } else if (char === '"') {
+        quoted = !quoted;
+      } else if (char === separator && !quoted) {
+        parts.push(current);
+        current = "";
+        continue;
+      }
+      current += char;
+    }
+    parts.push(current);
+    return parts;
+  }
+
+  function durationMs(value) {
+    let text = value.trim();
+    if (text.length >= 2 && text.startsWith('"') && text.endsWith('"')) {
+      text = text.slice(1, -1).trim();
+    }
+    if (!DURATION.test(text)) return null;
+    const duration = Number(text);
+    return Number.isFinite(duration) ? duration : null;
+  }
+
+  // The `queue` metric's duration in a Server-Timing header, or null. The app answers
+  // `Server-Timing: queue;dur=12.5` when gorouter's X-Request-Start reached it: the time the
+  // request spent in the platform before the app saw it. Read as probe.py's platform_queue_ms.
+  function platformQueueMs(serverTiming) {
+    for (const metric of splitUnquoted(serverTiming || "", ",")) {
+      const [name, ...params] = splitUnquoted(metric, ";");
+      if (name.trim().toLowerCase() !== "queue") continue;
+      for (const param of params) {
+        const at = param.indexOf("=");
+        const key = at < 0 ? param : param.slice(0, at);
+        if (key.trim().toLowerCase() === "dur") {
+          return durationMs(at < 0 ? "" : param.slice(at + 1));
+        }
+      }
+      return null;
+    }
+    return null;
   }
 
   function percent(part, whole) {
@@ -292,6 +353,13 @@
     );
   }
 
+  function showQueue(serverTiming) {
+    const queueMs = platformQueueMs(serverTiming);
+    const el = $("queue");
+    el.dataset.value = queueMs === null ? "" : String(queueMs);
+    el.textContent = queueMs === null ? "–" : `${queueMs.toFixed(1)} ms`;
+  }
+
   const HEADLINES = {
     streams: "STREAMS: the blocks arrived with the pauses they were sent with.",
     buffered: "BUFFERED: something between this browser and the service held the stream back.",
@@ -361,6 +429,7 @@
     const total = pacing.nblocks * pacing.blockSize;
     setCount("total", total, formatBytes(total));
     $("ttfb").textContent = "–";
+    showQueue(null);
     $("start").disabled = true;
     $("stop").disabled = false;
     setVerdict("running", `streaming ${url.pathname}${url.search} …`, []);
@@ -368,6 +437,7 @@
     let outcome;
     try {
       const response = await fetch(url, { cache: "no-store", signal: run.abort.signal });
+      showQueue(response.headers.get("Server-Timing"));
       if (!response.ok) {
         const detail = await errorDetail(response);
         outcome = ["error", `the service refused: HTTP ${response.status}. ${detail}`, []];
@@ -424,7 +494,7 @@
   }
 
   // For the tests and the curious: the same rules as the probe, callable from the console.
-  window.streamhtml = { judge, summarize };
+  window.streamhtml = { judge, summarize, platformQueueMs };
 
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", init);
