@@ -280,7 +280,7 @@ def target_for(url: str, nblocks=None, block_size=None, sleep_ms=None) -> tuple[
     path = parts.path.rstrip("/")
     if not path.endswith("/streamhtml"):
         path += "/streamhtml"
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query: dict[str, str | int] = dict(parse_qsl(parts.query, keep_blank_values=True))
     given = {"nblocks": nblocks, "block_size": block_size, "sleep_ms": sleep_ms}
     defaults = {
         "nblocks": DEFAULT_NBLOCKS,
@@ -293,7 +293,7 @@ def target_for(url: str, nblocks=None, block_size=None, sleep_ms=None) -> tuple[
         if not str(value).isdigit() or not str(value).isascii():
             raise ProbeError(f"{name} in the URL must be a whole number, not {value!r}")
         query[name] = int(value)
-    pacing = Pacing(query["nblocks"], query["block_size"], query["sleep_ms"])
+    pacing = Pacing(int(query["nblocks"]), int(query["block_size"]), int(query["sleep_ms"]))
     target = Target(parts.scheme, parts.hostname, port, f"{path}?{urlencode(query)}")
     return target, pacing
 
@@ -596,7 +596,9 @@ def platform_queue_ms(server_timing: str | None) -> float | None:
 
 def split_unquoted(text: str, separator: str) -> list[str]:
     """The text split at each separator outside a "quoted string" (where \\ escapes)."""
-    parts, current, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for char in text:
         if escaped:
             escaped = False
@@ -678,7 +680,7 @@ def route_lines(request: Request) -> list[str]:
     host_given = host != request.target.netloc
     if host_given:
         lines.append(f"         Host: {printable(host) if host else '(none)'}, from -H")
-    if request.tunnelled:
+    if request.tunnelled and request.proxy:
         lines.append(f"         via proxy {request.proxy.url}, in a CONNECT tunnel")
     elif request.proxy:
         lines.append(f"         via proxy {request.proxy.url}")
