@@ -138,6 +138,14 @@ class Limits:
         100_000,
         "concurrent /large.csv downloads per instance (each one keeps a core busy); more get 503",
     )
+    producing_streams: int = number(
+        "STREAMHTML_PRODUCING_STREAMS",
+        2,
+        1,
+        1024,
+        "unpaced streams of a worker that make their next bytes at the same moment; the others "
+        "wait their turn, so /health never queues behind dozens of them for the GIL",
+    )
     stream_memory_percent: int = number(
         "STREAMHTML_STREAM_MEMORY_PERCENT",
         50,

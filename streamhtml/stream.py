@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -70,6 +71,25 @@ class ClientWatcher:
             return True
 
 
+class Turns:
+    """How many of a worker's unpaced streams may make bytes at the same moment.
+
+    Making bytes holds the GIL; sending them does not. With dozens of streams making bytes at
+    once, a /health request waits behind all of them for the GIL, once per step it takes. A
+    stream takes a turn to make a batch and gives it back before sending it, so the queue for
+    the GIL stays as short as the number of turns.
+    """
+
+    def __init__(self, count: int):
+        self._turns = threading.BoundedSemaphore(count)
+
+    def take(self) -> None:
+        self._turns.acquire()
+
+    def give_back(self) -> None:
+        self._turns.release()
+
+
 class LiveStream:
     """A WSGI body that knows how it ended, when it must end, and how to be cut.
 
@@ -78,7 +98,17 @@ class LiveStream:
     stream leaves the tracker that admitted it.
     """
 
-    __slots__ = ("_chunks", "_sock", "_watcher", "_cut", "_release", "deadline", "outcome")
+    __slots__ = (
+        "_chunks",
+        "_sock",
+        "_watcher",
+        "_cut",
+        "_release",
+        "_turns",
+        "_has_turn",
+        "deadline",
+        "outcome",
+    )
 
     def __init__(
         self,
@@ -86,6 +116,7 @@ class LiveStream:
         sock: socket.socket | None,
         duration_s: float,
         pause_s: float = 0.0,
+        turns: Turns | None = None,
     ):
         self.deadline = time.monotonic() + duration_s
         self._sock = sock
@@ -95,6 +126,10 @@ class LiveStream:
             watcher = ClientWatcher(sock, self.deadline)
             chunks = paced(chunks, lambda: watcher.pause(pause_s))
             self._watcher = watcher
+        # A paced stream makes one block per pause: it needs no turn, and must not hold
+        # one while it sleeps.
+        self._turns = turns if pause_s <= 0 else None
+        self._has_turn = False
         self._chunks = chunks
         self._cut: str | None = None
         self._release = None
@@ -104,6 +139,9 @@ class LiveStream:
         return self
 
     def __next__(self):
+        if self._turns is not None and not self._has_turn:
+            self._turns.take()
+            self._has_turn = True
         try:
             return next(self._chunks)
         except StopIteration:
@@ -115,6 +153,12 @@ class LiveStream:
 
     def _stopped_by(self) -> str | None:
         return self._cut or (self._watcher.outcome if self._watcher else None)
+
+    def give_back_turn(self) -> None:
+        """The server is about to send what was made: another stream may make bytes."""
+        if self._has_turn and self._turns is not None:
+            self._has_turn = False
+            self._turns.give_back()
 
     def on_release(self, release) -> None:
         """What to call once, when the stream is over (the tracker's release)."""
@@ -135,6 +179,7 @@ class LiveStream:
 
     def close(self) -> None:
         release, self._release = self._release, None
+        self.give_back_turn()
         try:
             close_inner = getattr(self._chunks, "close", None)
             if close_inner is not None:

@@ -15,7 +15,7 @@ from . import environ as env
 from .generators import CSV_CHUNK_BYTES, RING_MAX_BLOCK, csv_chunks, html_blocks
 from .params import BadParameter, parse_csv_request, parse_stream_request
 from .settings import RESERVED_THREADS, Settings, load_settings
-from .stream import LiveStream
+from .stream import LiveStream, Turns
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache, no-store, must-revalidate",
@@ -136,7 +136,11 @@ def stream(
         # Nothing to wait for between items: the worker may batch their sends.
         env.mark_coalescable(environ)
     live = LiveStream(
-        chunks, env.client_socket(environ), settings().limits.max_stream_duration_s, pause_s
+        chunks,
+        env.client_socket(environ),
+        settings().limits.max_stream_duration_s,
+        pause_s,
+        current_app.extensions["streamhtml.turns"],
     )
     streams = tracker()
     route = env.route_of(environ) or request.path
@@ -215,6 +219,7 @@ def create_app(app_settings: Settings | None = None) -> Flask:
         memory_budget_bytes=app_settings.stream_memory_budget_bytes,
     )
     app.extensions["streamhtml.tracker"] = capacity.new_tracker(caps, STREAM_ROUTES)
+    app.extensions["streamhtml.turns"] = Turns(limits.producing_streams)
     app.register_blueprint(routes)
     app.register_error_handler(BadParameter, bad_parameter)
     app.register_error_handler(HTTPException, http_error)

@@ -1,0 +1,231 @@
+"""Hostile clients, and the instruments that watch a server while they attack it.
+
+Used by tests/test_siege.py (each attack must leave /health answering and memory within the
+quota) and by bench/siege.py (the same attacks, measured). Every attack is a context manager:
+on entry it opens its connections and starts misbehaving, on exit it lets go of them all.
+"""
+
+import contextlib
+import json
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+HEALTH = b"GET /health HTTP/1.1\r\nHost: siege\r\nConnection: close\r\n\r\n"
+# Cloud Foundry's health check: one probe must answer 200 within its invocation timeout.
+HEALTH_BUDGET_S = 1.0
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return int(re.search(r"VmRSS:\s+(\d+) kB", status.read()).group(1))
+    except (OSError, AttributeError):
+        return 0  # the process has just exited
+
+
+def instance_rss_mib(server) -> float:
+    """RSS of the gunicorn master and its workers, summed, as a container's quota sees it."""
+    return sum(rss_kib(pid) for pid in [server.master_pid(), *server.worker_pids()]) / 1024
+
+
+def kernel_tcp_mib() -> float:
+    """Memory the kernel holds in TCP buffers, machine-wide (the quota counts the app's)."""
+    with open("/proc/net/sockstat") as sockstat:
+        for line in sockstat:
+            if line.startswith("TCP:"):
+                return int(line.split()[-1]) * 4096 / 2**20
+    return 0.0
+
+
+@dataclass
+class HealthReport:
+    latencies_s: list = field(default_factory=list)  # None for a probe that failed
+
+    @property
+    def probes(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def answered_in_time(self) -> float:
+        good = [t for t in self.latencies_s if t is not None and t < HEALTH_BUDGET_S]
+        return len(good) / max(1, self.probes)
+
+    @property
+    def p99_s(self) -> float:
+        answered = sorted(t if t is not None else HEALTH_BUDGET_S for t in self.latencies_s)
+        if len(answered) < 2:
+            return answered[0] if answered else float("nan")
+        return statistics.quantiles(answered, n=100, method="inclusive")[98]
+
+
+class Watch:
+    """Probes /health as the platform does and samples the instance's RSS, in two threads."""
+
+    def __init__(self, server, probe_every_s: float = 0.1):
+        self.server = server
+        self.probe_every_s = probe_every_s
+        self.health = HealthReport()
+        self.peak_rss_mib = 0.0
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._probe, daemon=True),
+            threading.Thread(target=self._sample, daemon=True),
+        ]
+
+    def __enter__(self) -> "Watch":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+
+    def _probe(self) -> None:
+        while not self._stop.is_set():
+            self.health.latencies_s.append(probe_health(self.server.port))
+            self._stop.wait(self.probe_every_s)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss_mib = max(self.peak_rss_mib, instance_rss_mib(self.server))
+            self._stop.wait(0.2)
+
+
+def probe_health(port: int) -> float | None:
+    """Seconds for one /health on a fresh connection, or None if it failed or took too long."""
+    started = time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=HEALTH_BUDGET_S) as sock:
+            sock.sendall(HEALTH)
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+                if time.monotonic() - started > HEALTH_BUDGET_S:
+                    return None
+    except OSError:
+        return None
+    return time.monotonic() - started if reply.startswith(b"HTTP/1.1 200") else None
+
+
+def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf:
+        # Set before connecting, so the window the client advertises stays this small.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+@contextlib.contextmanager
+def connections(port: int, count: int, send: bytes = b"", rcvbuf: int | None = None):
+    """`count` connections that send `send` (maybe nothing), then neither read nor close."""
+    opened = []
+    try:
+        for _ in range(count):
+            sock = connect(port, rcvbuf)
+            if send:
+                sock.sendall(send)
+            opened.append(sock)
+        yield opened
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def stalled_readers(port: int, count: int, path: str):
+    """Clients that ask for a stream with a tiny receive window and never read it."""
+    request = f"GET {path} HTTP/1.1\r\nHost: siege\r\n\r\n".encode()
+    return connections(port, count, request, rcvbuf=4096)
+
+
+def partial_heads(port: int, count: int, sent: bytes = b"G"):
+    """Slowloris: each connection sends the start of a request head, then nothing."""
+    return connections(port, count, sent)
+
+
+def silent(port: int, count: int):
+    return connections(port, count)
+
+
+def unread_http10(port: int, count: int, path: str = "/health"):
+    """HTTP/1.0 requests whose clients never read the answer and never close."""
+    return connections(port, count, f"GET {path} HTTP/1.0\r\n\r\n".encode(), rcvbuf=4096)
+
+
+@contextlib.contextmanager
+def downloads(port: int, count: int, path: str) -> Iterator[dict]:
+    """`count` clients reading `path` as fast as they can, over and over, until released.
+
+    They run in a process of their own, so their appetite for the GIL does not slow this
+    process's /health probes. Yields, once released, the count of replies by status.
+    """
+    statuses: dict[int, int] = {}
+    child = subprocess.Popen(
+        [sys.executable, __file__, "download", str(port), path, str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield statuses
+    finally:
+        out, _ = child.communicate("stop\n", timeout=30)
+        statuses.update({int(status): n for status, n in json.loads(out or "{}").items()})
+
+
+def _download_until_told(port: int, path: str, count: int) -> None:
+    statuses: dict[int, int] = {}
+    stop = threading.Event()
+
+    def download() -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                    sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+                    first = sock.recv(65536)
+                    status = int(first.split(b" ", 2)[1]) if first else 0
+                    statuses[status] = statuses.get(status, 0) + 1
+                    while not stop.is_set() and sock.recv(1 << 20):
+                        pass
+            except OSError:
+                statuses[0] = statuses.get(0, 0) + 1
+            stop.wait(0.2)
+
+    threads = [threading.Thread(target=download, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    sys.stdin.readline()
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    print(json.dumps(statuses))
+
+
+def paced_stream_completes(port: int, nblocks: int = 6, sleep_ms: int = 200) -> bool:
+    """A normal client's paced stream, read to its end: does it arrive whole?"""
+    path = f"/streamhtml?nblocks={nblocks}&block_size=100&sleep_ms={sleep_ms}"
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+    except OSError:
+        return False
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.startswith(b"HTTP/1.0 200") and len(body) == nblocks * 100
+
+
+if __name__ == "__main__":
+    # The downloads' own process: siege_support.py download PORT PATH COUNT
+    _download_until_told(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
