@@ -54,7 +54,9 @@ loglevel = _server.log_level
 errorlog = "-"
 accesslog = "-"
 logger_class = logs.RequestLogger
-logconfig_dict = logs.logconfig_dict(_server.log_format, _server.log_level)
+logconfig_dict = logs.logconfig_dict(
+    _server.log_format, _server.log_level, worker_logs_errors=_server.worker_class == "gthread"
+)
 capture_output = False
 
 # gunicorn 27's control socket is a file under $HOME that two instances on one host would share;

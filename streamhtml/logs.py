@@ -40,8 +40,19 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def logconfig_dict(log_format: str, level: str) -> dict:
-    """gunicorn's `logconfig_dict`: every logger to stdout, where Loggregator collects it."""
+class DropInvalidRequestWarnings(logging.Filter):
+    """gunicorn's warning for a request it could not parse: the access line says it already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid request from ip=")
+
+
+def logconfig_dict(log_format: str, level: str, worker_logs_errors: bool = True) -> dict:
+    """gunicorn's `logconfig_dict`: every logger to stdout, where Loggregator collects it.
+
+    With StreamingWorker, which writes one access line for every request gunicorn refused,
+    gunicorn's own warning for it is dropped (`worker_logs_errors`).
+    """
     formatter: dict[str, Any]
     if log_format == "json":
         formatter = {
@@ -57,10 +68,15 @@ def logconfig_dict(log_format: str, level: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
+        "filters": {"invalid_requests": {"()": DropInvalidRequestWarnings}},
         "handlers": {"stdout": handler},
         "root": {"level": "WARNING", "handlers": ["stdout"]},
         "loggers": {
-            "gunicorn.error": {**logger, "level": level.upper()},
+            "gunicorn.error": {
+                **logger,
+                "level": level.upper(),
+                "filters": ["invalid_requests"] if worker_logs_errors else [],
+            },
             "gunicorn.access": {**logger, "level": "INFO"},
             "streamhtml": {**logger, "level": level.upper()},
         },
@@ -75,8 +91,11 @@ def log_time(now: float) -> str:
 def summary(record: observe.RequestRecord) -> str:
     query = f"?{record.query}" if record.query else ""
     queue = f" queue {record.queue_ms:.1f} ms" if record.queue_ms is not None else ""
+    if record.error:
+        queue += f" ({record.error})"
     return (
-        f"{record.method} {record.path}{query} {record.status} {record.bytes_sent} bytes "
+        f"{record.method or '-'} {record.path or '-'}{query} {record.status} "
+        f"{record.bytes_sent} bytes "
         f"{record.duration_ms:.1f} ms {record.outcome}{queue}"
     )
 
@@ -109,6 +128,7 @@ class RequestLine:
                     "duration_ms": record.duration_ms,
                     "outcome": record.outcome,
                     "queue_ms": record.queue_ms,
+                    "error": record.error,
                     "peer_addr": record.peer_addr,
                     "forwarded_for": record.forwarded_for,
                     "forwarded_trusted": record.forwarded_trusted,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,18 @@ COUNTED_METHODS = ("GET", "HEAD")
 MAX_LOGGED_CHARS = 512
 
 
+_noted = threading.local()
+
+
+def note_error(text: str | None) -> None:
+    """Worker: the request being answered now failed to parse, for this reason."""
+    _noted.error = text
+
+
+def noted_error() -> str | None:
+    return getattr(_noted, "error", None)
+
+
 def request_id(incoming: str | None) -> str:
     if incoming and _REQUEST_ID.fullmatch(incoming):
         return incoming
@@ -55,6 +68,7 @@ class RequestRecord:
     outcome: str
     streamed: bool  # the body was a live stream (streamhtml/stream.py)
     queue_ms: float | None
+    error: str | None  # why gunicorn refused the request, for its own 4xx
     peer_addr: str | None
     forwarded_for: str | None
     forwarded_trusted: bool
@@ -153,6 +167,9 @@ def build_record(
     resp, req, environ: env.Environ, duration_s: float, trust: ForwardedTrust
 ) -> RequestRecord:
     peer = environ.get("REMOTE_ADDR")
+    error = noted_error()
+    # gunicorn writes its own error answers whole, past the response object's count.
+    bytes_sent = resp.sent if error is None else resp.response_length or 0
     return RequestRecord(
         request_id=_response_header(resp, REQUEST_ID_HEADER)
         or request_id(environ.get("HTTP_X_VCAP_REQUEST_ID")),
@@ -161,11 +178,12 @@ def build_record(
         path=clipped(environ.get("PATH_INFO") or getattr(req, "path", None)) or "",
         query=clipped(environ.get("QUERY_STRING")) or None,
         status=_status(resp),
-        bytes_sent=resp.sent,
+        bytes_sent=bytes_sent,
         duration_ms=round(duration_s * 1000.0, 1),
-        outcome=_outcome(resp, environ),
+        outcome=_outcome(resp, environ) if error is None else COMPLETE,
         streamed=env.stream_of(environ) is not None,
         queue_ms=env.queue_ms(environ),
+        error=clipped(error),
         peer_addr=peer,
         forwarded_for=clipped(environ.get("HTTP_X_FORWARDED_FOR")),
         forwarded_trusted=trust.trusts(peer),

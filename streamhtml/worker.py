@@ -306,6 +306,16 @@ class StreamingWorker(ThreadWorker):
         _request.received_at_s = getattr(conn, "received_at_s", None)
         return super().handle(conn)
 
+    def handle_error(self, req, client, addr, exc):
+        # gunicorn logs a request it could not parse only when it got as far as a request
+        # object, and then twice (a warning and an access line). Here every such request is
+        # one access line, with the reason (logs.py drops gunicorn's warning).
+        observe.note_error(str(exc) or type(exc).__name__)
+        try:
+            super().handle_error(req or _UnparsedRequest(), client, addr, exc)
+        finally:
+            observe.note_error(None)
+
     # --- accepting -----------------------------------------------------------------------
 
     def accept(self, listener):
@@ -511,6 +521,22 @@ class StreamingWorker(ThreadWorker):
 _READ = 1  # selectors.EVENT_READ
 
 
+class _UnparsedRequest:
+    """What gunicorn's error path needs of a request whose first line did not parse."""
+
+    method = ""
+    path = ""
+    query = ""
+    uri = ""
+    version = (1, 1)
+    body = None
+    headers: list = []
+    proxy_protocol_info = None
+
+    def should_close(self) -> bool:
+        return True
+
+
 def _head_complete(head: bytearray, new_bytes: int | None = None) -> bool:
     # Only the tail can hold an end that was not there before.
     start = 0 if new_bytes is None else max(0, len(head) - new_bytes - 3)
@@ -531,6 +557,7 @@ def _refusal_record(conn: Connection, status: int, body_bytes: int) -> RequestRe
         outcome=COMPLETE,
         streamed=False,
         queue_ms=None,
+        error="request head too large",
         peer_addr=peer,
         forwarded_for=None,
         forwarded_trusted=False,

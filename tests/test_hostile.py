@@ -2,8 +2,10 @@
 
 import json
 import socket
+import time
 from urllib.parse import quote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import read_body, read_head, request, send_request
@@ -130,3 +132,68 @@ def test_a_newline_cannot_be_smuggled_into_a_header(server):
     reply = request(server.port, "/health", headers={"X-Vcap-Request-Id": "abc%0d%0aSet-Cookie:x"})
     assert reply.header("Set-Cookie") is None
     assert "%0d" not in reply.header("X-Vcap-Request-Id")
+
+
+def invented_methods(count: int) -> list[str]:
+    """Methods gunicorn accepts as tokens and no route knows: QMETHODAAAA, QMETHODAAAB, ..."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return ["QMETHOD" + "".join(letters[(n // 26**k) % 26] for k in range(4)) for n in range(count)]
+
+
+def test_thousands_of_invented_methods_do_not_grow_metrics(start_server):
+    server = start_server()
+    methods = invented_methods(25_000)
+    for batch in range(0, len(methods), 500):  # pipelined, 500 requests per write
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(
+                b"".join(
+                    f"{method} /health HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+                    for method in methods[batch : batch + 500]
+                )
+            )
+            reader = sock.makefile("rb")
+            for _ in range(500):
+                assert read_body(reader, read_head(reader), "GET").status == 405
+    metrics = request(server.port, "/metrics")
+    assert len(metrics.body) < 64 * 1024, f"/metrics is {len(metrics.body)} bytes"
+    assert b'method="other",status="405"} 25000.0' in metrics.body
+    assert b"QMETHOD" not in metrics.body
+
+
+MALFORMED = {
+    "two Content-Length headers": b"GET /health HTTP/1.1\r\nHost: t\r\n"
+    b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "Content-Length with Transfer-Encoding": b"GET /health HTTP/1.1\r\nHost: t\r\n"
+    b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "a bad request line": b"GET /health HTTP/1.1 extra\r\nHost: t\r\n\r\n",
+    "a header without a colon": b"GET /health HTTP/1.1\r\nHost t\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_request_gets_gunicorns_400_and_one_log_line(small_server, data):
+    before = len(small_server.requests_logged(status=400))
+    assert raw_status(small_server.port, data) == 400
+    small_server.wait_for_request(status=400, count=before + 1)
+    time.sleep(0.2)
+    assert len(small_server.requests_logged(status=400)) == before + 1
+    assert "Traceback" not in small_server.log()
+
+
+def test_a_text_log_line_cannot_be_forged_with_a_newline_in_the_path(start_server):
+    server = start_server({"LOG_FORMAT": "text"})
+    forged = "2026-01-01 00:00:00,000 [1] [INFO] gunicorn.access: GET /admin 200"
+    request(server.port, "/x%0a" + quote(forged) + "%0d%00")
+    server.wait_for_log(r"gunicorn\.access: GET /x\\x0a2026")
+    lines = server.log().splitlines()
+    assert not any(line.startswith(forged) for line in lines), "a forged line was written"
+    assert not any("\x00" in line or "\r" in line for line in lines)
+
+
+def test_the_log_keeps_the_peer_and_the_forwarded_chain_apart(start_server):
+    server = start_server({"FORWARDED_ALLOW_IPS": "10.0.0.1"})
+    request(server.port, "/health", headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
+    (line,) = server.wait_for_request(forwarded_for="203.0.113.9, 198.51.100.7")
+    assert line["peer_addr"] == "127.0.0.1"
+    assert line["forwarded_trusted"] is False, "127.0.0.1 is not in FORWARDED_ALLOW_IPS"
+    assert "remote_addr" not in line

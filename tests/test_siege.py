@@ -1,0 +1,63 @@
+"""The siege: each attack of a hostile or careless client, run against a fresh instance.
+
+While an attack holds, the platform's health check must keep passing (`/health` in under 1 s
+for at least 95% of probes), a normal client's paced stream must arrive whole, and the
+instance's RSS must stay under 75% of its memory quota (the manifest's, given to the app as
+MEMORY_LIMIT as Cloud Foundry does); once the attackers leave, RSS must fall back under 50%.
+`make bench` runs the same attacks and reports the figures (bench/siege.py).
+"""
+
+import time
+
+import pytest
+import siege_support as siege
+from cf_support import manifest_app, megabytes
+
+pytestmark = [pytest.mark.slow, pytest.mark.siege]
+
+QUOTA_MIB = megabytes(manifest_app()["memory"])
+ATTACK_S = 8.0
+
+ATTACKS = {
+    "300 clients that never read a stream of 1 MiB blocks": lambda port: siege.stalled_readers(
+        port, 300, "/streamhtml?nblocks=1024&block_size=1048576"
+    ),
+    "1,600 connections that send one byte of a request head": lambda port: siege.partial_heads(
+        port, 1600
+    ),
+    "3,000 connections that send nothing": lambda port: siege.silent(port, 3000),
+    "10,000 connections that send nothing": lambda port: siege.silent(port, 10_000),
+    "80 HTTP/1.0 clients that never read the answer or close": lambda port: siege.unread_http10(
+        port, 80
+    ),
+    "50 downloads of /large.csv at the default cap": lambda port: siege.downloads(
+        port, 50, "/large.csv?rows=1000000"
+    ),
+    "100 clients reading 16-byte blocks as fast as they can": lambda port: siege.downloads(
+        port, 100, "/streamhtml?nblocks=1048576&block_size=16"
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
+def test_the_instance_stays_healthy_and_within_its_quota(start_server, attack):
+    server = start_server({"MEMORY_LIMIT": f"{QUOTA_MIB}m"})
+    with siege.Watch(server) as watch, attack(server.port):
+        time.sleep(ATTACK_S / 2)
+        paced_whole = siege.paced_stream_completes(server.port)
+        time.sleep(ATTACK_S / 2)
+    health = watch.health
+    print(
+        f"/health {health.answered_in_time:.1%} of {health.probes} probes in time, "
+        f"p99 {health.p99_s * 1000:.0f} ms; peak RSS {watch.peak_rss_mib:.0f} MiB "
+        f"of {QUOTA_MIB} MiB"
+    )
+    assert health.probes >= 20, "the probe itself could not run"
+    assert health.answered_in_time >= 0.95, "Cloud Foundry would restart this instance"
+    assert paced_whole, "a normal client's stream did not arrive whole during the attack"
+    assert watch.peak_rss_mib < 0.75 * QUOTA_MIB
+    deadline = time.monotonic() + 5
+    while siege.instance_rss_mib(server) >= 0.5 * QUOTA_MIB:
+        assert time.monotonic() < deadline, "memory did not come back after the attack"
+        time.sleep(0.2)
+    assert "Traceback" not in server.log()

@@ -1,0 +1,206 @@
+"""The gunicorn seams StreamingWorker builds on, each pinned, so an upgrade that moves one fails
+here rather than quietly dropping a defence. The behaviour itself is tested on the wire
+(test_timeouts.py, test_siege.py); these say which gthread code the worker relies on."""
+
+import importlib.metadata
+import socket
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.http import wsgi
+from gunicorn.workers.gthread import ThreadWorker
+from packaging.requirements import Requirement
+from support import REPO
+
+from streamhtml import environ as env
+from streamhtml.worker import SEND_BYTES, StreamingResponse, StreamingWorker
+
+
+def test_the_installed_gunicorn_is_the_range_the_worker_was_written_against():
+    pinned = next(
+        Requirement(line)
+        for line in (REPO / "requirements.in").read_text().splitlines()
+        if line.startswith("gunicorn")
+    )
+    assert pinned.specifier.contains(importlib.metadata.version("gunicorn"))
+
+
+def test_every_gthread_method_the_worker_overrides_or_calls_still_exists():
+    for name in (
+        "accept",
+        "enqueue_req",
+        "set_accept_enabled",
+        "murder_pending",
+        "murder_keepalived",
+        "finish_request",
+        "handle",
+        "handle_request",
+        "handle_error",
+        "init_process",
+    ):
+        assert callable(getattr(ThreadWorker, name, None)), name
+        assert getattr(StreamingWorker, name) is not None
+
+
+class Stop(Exception):
+    pass
+
+
+def bare_worker():
+    worker = object.__new__(StreamingWorker)
+    worker.cfg = Config()
+    worker.log = SimpleNamespace(debug=lambda *a: None, exception=lambda *a: None)
+    worker.nr, worker.max_requests, worker.alive = 0, 1000, True
+    worker.keepalived_conns, worker.max_keepalived, worker.nr_conns = [], 100, 1
+    return worker
+
+
+def test_gthread_builds_each_http1_response_through_wsgi_create(monkeypatch):
+    # StreamingWorker.init_process replaces wsgi.create to build StreamingResponse.
+    asked = []
+
+    def recording_create(*args, **kwargs):
+        asked.append(kwargs.get("response_class"))
+        raise Stop
+
+    monkeypatch.setattr(wsgi, "create", recording_create)
+    req = SimpleNamespace(method="GET", path="/", should_close=lambda: False)
+    conn = SimpleNamespace(sock=None, client=("127.0.0.1", 1), server=("127.0.0.1", 2))
+    with pytest.raises(Stop):
+        ThreadWorker.handle_request(bare_worker(), req, conn)
+    assert asked == [None], "gthread no longer builds its HTTP/1 responses with wsgi.create"
+
+
+def test_gthread_closes_a_finished_connection_through_conn_close_graceful():
+    # Connection.close(graceful=True) is where the worker moves lingering off the main loop.
+    closed = []
+    conn = SimpleNamespace(close=lambda graceful=False: closed.append(graceful))
+    done = Future()
+    done.set_result(False)
+    ThreadWorker.finish_request(bare_worker(), conn, done)
+    assert closed == [True]
+
+
+class RecordingSocket:
+    """Takes everything; records each send, as sendall (gunicorn) or sendmsg (ours)."""
+
+    def __init__(self):
+        self.sends = []
+
+    def sendall(self, data):
+        self.sends.append(bytes(data))
+
+    def sendmsg(self, parts):
+        self.sends.append(b"".join(bytes(part) for part in parts))
+        return len(self.sends[-1])
+
+    def settimeout(self, seconds):
+        pass
+
+    def setsockopt(self, *args):
+        pass
+
+
+def wire_bytes(response_class, items, version=(1, 1), method="GET", coalesce=False):
+    sock = RecordingSocket()
+    req = SimpleNamespace(version=version, method=method, should_close=lambda: False)
+    resp = response_class(req, sock, Config())
+    if response_class is StreamingResponse:
+        resp.environ = {}
+        if coalesce:
+            env.mark_coalescable(resp.environ)
+    resp.start_response("200 OK", [("Content-Type", "text/html")])
+    for item in items:
+        resp.write(item)
+    resp.close()
+    # The Date header differs between two calls a second apart: compare without it.
+    joined = b"".join(sock.sends)
+    return b"\r\n".join(line for line in joined.split(b"\r\n") if not line.startswith(b"Date:"))
+
+
+BODIES = {
+    "small blocks": [b"a" * 512] * 300,
+    "one empty item among others": [b"x", b"", b"y"],
+    "large blocks": [b"b" * 70_000] * 3,
+    "mixed sizes": [b"c" * size for size in (1, 16_383, 16_384, 100_000, 7)],
+    "no items": [],
+}
+
+
+@pytest.mark.parametrize("items", BODIES.values(), ids=BODIES.keys())
+@pytest.mark.parametrize("version", [(1, 1), (1, 0)], ids=["HTTP/1.1", "HTTP/1.0"])
+@pytest.mark.parametrize("coalesce", [False, True], ids=["item by item", "gathered"])
+def test_the_bytes_on_the_wire_are_exactly_gunicorns(items, version, coalesce):
+    ours = wire_bytes(StreamingResponse, items, version, coalesce=coalesce)
+    assert ours == wire_bytes(wsgi.Response, items, version)
+
+
+def test_head_sends_the_head_and_no_body():
+    assert wire_bytes(StreamingResponse, [b"x" * 10], method="HEAD") == wire_bytes(
+        wsgi.Response, [b"x" * 10], method="HEAD"
+    )
+
+
+def test_a_gathered_body_goes_out_in_writes_of_about_64_kib():
+    sock = RecordingSocket()
+    req = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
+    resp = StreamingResponse(req, sock, Config())
+    resp.environ = {}
+    env.mark_coalescable(resp.environ)
+    resp.start_response("200 OK", [])
+    for _ in range(2048):
+        resp.write(b"z" * 1024)
+    resp.close()
+    assert len(sock.sends) == 2 * 1024 * 1024 // SEND_BYTES + 1
+    assert all(SEND_BYTES <= len(data) < SEND_BYTES + 2048 for data in sock.sends[:-1])
+    assert resp.sent == 2048 * 1024
+
+
+def test_a_large_item_is_sent_from_where_it_is_not_copied():
+    shared = bytearray(b"q" * 100_000)
+    view = memoryview(shared)
+    handed = []
+
+    class Sock(RecordingSocket):
+        def sendmsg(self, parts):
+            handed.extend(parts)
+            return sum(len(part) for part in parts)
+
+    req = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
+    resp = StreamingResponse(req, Sock(), Config())
+    resp.environ = {}
+    resp.start_response("200 OK", [])
+    resp.write(view)
+    assert any(part is view for part in handed), "the block was copied before sending"
+
+
+def test_only_bytes_the_socket_took_count_as_sent():
+    class HalfThenGone(RecordingSocket):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def sendmsg(self, parts):
+            self.calls += 1
+            if self.calls > 1:
+                raise BrokenPipeError
+            return sum(len(part) for part in parts) // 2
+
+    req = SimpleNamespace(version=(1, 0), method="GET", should_close=lambda: False)
+    resp = StreamingResponse(req, HalfThenGone(), Config())
+    resp.environ = {}
+    env.mark_coalescable(resp.environ)
+    resp.start_response("200 OK", [])
+    head = len(b"".join(line.encode() for line in resp.default_headers())) + 2
+    with pytest.raises(BrokenPipeError):
+        for _ in range(66):  # 66,000 bytes: the first write over SEND_BYTES flushes them
+            resp.write(b"w" * 1000)
+    assert resp.sent == (head + 66_000) // 2 - head
+
+
+def test_the_worker_reads_heads_only_where_gunicorn_speaks_plain_http1():
+    cfg = Config()
+    assert not cfg.is_ssl and "h2" not in cfg.http_protocols
+    assert socket.MSG_DONTWAIT  # head reads never block the main loop
