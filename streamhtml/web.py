@@ -12,8 +12,8 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import __version__, capacity, metrics, observe
 from . import environ as env
-from .generators import CSV_CHUNK_BYTES, RING_MAX_BLOCK, csv_chunks, html_blocks
-from .params import BadParameter, parse_csv_request, parse_stream_request
+from .generators import CSV_CHUNK_BYTES, RING_MAX_BLOCK, Pace, csv_chunks, html_blocks
+from .params import BadParameter, StreamRequest, parse_csv_request, parse_stream_request
 from .settings import RESERVED_THREADS, Settings, load_settings
 from .stream import LiveStream
 
@@ -104,8 +104,15 @@ def streamhtml():
         lambda: html_blocks(wanted.nblocks, wanted.block_size, static=wanted.static),
         "text/html; charset=utf-8",
         held_bytes,
-        pause_s=wanted.sleep_ms / 1000.0,
+        pace_of(wanted, wanted.nblocks),
     )
+
+
+def pace_of(wanted: StreamRequest, items: int) -> Pace | None:
+    """How a stream of `items` waits between them; None when it does not (sleep_ms=0)."""
+    if not wanted.sleep_ms:
+        return None
+    return Pace(items, wanted.sleep_ms / 1000.0)
 
 
 @get("/large.csv")
@@ -119,10 +126,15 @@ def large_csv():
 
 
 def stream(
-    make_chunks: Callable[[], Iterator], content_type: str, held_bytes: int, pause_s: float = 0.0
+    make_chunks: Callable[[], Iterator],
+    content_type: str,
+    held_bytes: int,
+    pace: Pace | None = None,
+    preamble: bytes = b"",
 ) -> Response:
     """A live stream of `make_chunks()`, or a 503 when the instance cannot take one more.
 
+    `pace` says how it waits between items, if it does; `preamble` goes out first, at once.
     HEAD gets the same headers and nothing else: no admission, no generator.
     """
     headers = dict(STREAM_HEADERS)
@@ -132,12 +144,11 @@ def stream(
     chunks = make_chunks()
     if not env.sends_buffers(environ):
         chunks = map(bytes, chunks)  # a server that takes bytes only (sync, test client)
-    if not pause_s:
+    if pace is None:
         # Nothing to wait for between items: the worker may batch their sends.
         env.mark_coalescable(environ)
-    live = LiveStream(
-        chunks, env.client_socket(environ), settings().limits.max_stream_duration_s, pause_s
-    )
+    duration_s = settings().limits.max_stream_duration_s
+    live = LiveStream(chunks, env.client_socket(environ), duration_s, pace, preamble)
     streams = tracker()
     route = env.route_of(environ) or request.path
     refused = streams.admit(live, route, STREAM_BASE_BYTES + held_bytes)
