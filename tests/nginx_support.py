@@ -7,7 +7,7 @@ process by its PID.
 Two kinds of nginx:
 
 - `Nginx`: a generic proxy in front of an app, gzip on by default and no upstream connection
-  pool, as many front ends are configured.
+  pool, as many front ends are configured; `gzip_types=(...)` compresses more than text/html.
 - `Nginx(..., router=True)` (or `gorouter_like(...)`): a stand-in for Cloud Foundry's gorouter,
   close to what the app sees behind the real one (as measured against gorouter on loopback):
   - a keep-alive pool to each instance, idle connections kept 90 s as gorouter hard-codes
@@ -68,7 +68,7 @@ http {{
     scgi_temp_path {dir}/scgi;
 
     gzip {gzip};
-    gzip_proxied any;
+    gzip_proxied any;{gzip_types}
 
     upstream backends {{
 {servers}{pool}
@@ -147,11 +147,14 @@ class Nginx:
         gzip: bool = True,
         router: bool = False,
         upstream_idle_s: int = GOROUTER_IDLE_S,
+        gzip_types: tuple[str, ...] = (),
     ):
         assert not (router and gzip), "gorouter never compresses: pass gzip=False with router"
         self.dir = directory
         self.tls = tls
         self.gzip = gzip
+        # nginx compresses text/html only, unless told more types (text/event-stream, ...).
+        self.gzip_types = gzip_types
         self.router = router
         self.upstream_idle_s = upstream_idle_s
         self.port = free_port()
@@ -175,6 +178,7 @@ class Nginx:
             certificate=CERTIFICATE.format(dir=self.dir) if self.tls else "",
             servers="\n".join(f"        server 127.0.0.1:{port};" for port in self.upstream_ports),
             gzip="on" if self.gzip else "off",
+            gzip_types=f"\n    gzip_types {' '.join(self.gzip_types)};" if self.gzip_types else "",
             http_extra=ROUTER_HTTP if self.router else "",
             log_format=" router" if self.router else "",
             pool=self.pool() if self.router else "",
