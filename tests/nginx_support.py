@@ -7,7 +7,8 @@ process by its PID.
 Two kinds of nginx:
 
 - `Nginx`: a generic proxy in front of an app, gzip on by default and no upstream connection
-  pool, as many front ends are configured; `gzip_types=(...)` compresses more than text/html.
+  pool, as many front ends are configured; `gzip_types=(...)` compresses more than text/html,
+  `read_timeout_s` cuts a response the app leaves silent that long.
 - `Nginx(..., router=True)` (or `gorouter_like(...)`): a stand-in for Cloud Foundry's gorouter,
   close to what the app sees behind the real one (as measured against gorouter on loopback):
   - a keep-alive pool to each instance, idle connections kept 90 s as gorouter hard-codes
@@ -148,6 +149,7 @@ class Nginx:
         router: bool = False,
         upstream_idle_s: int = GOROUTER_IDLE_S,
         gzip_types: tuple[str, ...] = (),
+        read_timeout_s: int | None = None,
     ):
         assert not (router and gzip), "gorouter never compresses: pass gzip=False with router"
         self.dir = directory
@@ -159,7 +161,12 @@ class Nginx:
         self.upstream_idle_s = upstream_idle_s
         self.port = free_port()
         self.upstream_ports = [upstream] if isinstance(upstream, int) else list(upstream)
-        self.extra = "" if honour_accel_buffering else IGNORE_ACCEL_BUFFERING
+        extras = [] if honour_accel_buffering else [IGNORE_ACCEL_BUFFERING]
+        if read_timeout_s is not None:
+            # nginx cuts a response whose app is silent this long (its default is 60 s), as
+            # idle-timeout load balancers do.
+            extras.append(f"            proxy_read_timeout {read_timeout_s}s;")
+        self.extra = "\n".join(extras)
         self.process: subprocess.Popen | None = None
 
     @property
