@@ -69,7 +69,7 @@ bench-profile: $(VENV)/.runtime
 
 # Refresh docs/page.png, the README's picture of the page, from the browser test.
 screenshot: $(VENV)/.dev tools
-	UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/test_page.py -k direct_stream
+	UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/test_page.py -k direct_sse_stream
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -37,6 +37,9 @@ SERVERS = ("project", "minimal", "nginx")
 
 # The sample's two load tests: (name, nblocks, block_size, ab requests, concurrency).
 LOAD_TESTS = (("c10", 100, 512, 2000, 10), ("c2", 16, 1024, 2000, 2))
+# The same load tests on the project's other stream shapes (it alone serves them): a block is
+# one event or one line.
+SHAPES = ("sse", "ndjson")
 BLOCK_SIZES = (1024, 4096, 16384, 65536, 262144)
 RSS_BLOCK_SIZES = (1024, 65536)
 SWEEP = (1, 10, 100, 500)
@@ -273,6 +276,19 @@ def stream_path(name: str, nblocks: int, block_size: int, static: bool = False) 
     )
 
 
+def shape_path(shape: str, nblocks: int, block_size: int) -> str:
+    return f"/{shape}?nblocks={nblocks}&block_size={block_size}"
+
+
+def shape_bytes(shape: str, nblocks: int, block_size: int) -> int:
+    """The body's length, for ab's check: an NDJSON line is block_size bytes; an SSE event is
+    its block_size letters in `id: k`, `event: block`, `data:` lines, after `retry: 1000`."""
+    if shape == "ndjson":
+        return nblocks * block_size
+    framing = sum(len(f"id: {k}\nevent: block\ndata: \n\n") for k in range(1, nblocks + 1))
+    return len("retry: 1000\n\n") + framing + nblocks * block_size
+
+
 def number(pattern: str, text: str, default: float = math.nan) -> float:
     found = re.search(pattern, text)
     return float(found.group(1)) if found else default
@@ -466,6 +482,16 @@ def run_round(args, mode: dict, tmp: Path, round_no: int, data: dict) -> None:
             for name in order:
                 port, path = servers[name].port, stream_path(name, nblocks, size)
                 put(f"wrk_{test}", name, wrk(f"wrk {test} {name}", port, path, c, mode["wrk_s"]))
+            for shape in SHAPES:
+                port, path = servers["project"].port, shape_path(shape, nblocks, size)
+                length = shape_bytes(shape, nblocks, size)
+                put(
+                    f"ab_{test}_{shape}",
+                    "project",
+                    ab(f"ab {test} {shape}", port, path, n, c, length),
+                )
+                rps = wrk(f"wrk {test} {shape}", port, path, c, mode["wrk_s"])
+                put(f"wrk_{test}_{shape}", "project", rps)
         test, nblocks, size, n, c = LOAD_TESTS[0]
         path = stream_path("project", nblocks, size, static=True)
         rps = ab("ab c10 static", servers["project"].port, path, n, c, nblocks * size)
@@ -528,6 +554,15 @@ ROWS = (
     ("ab_c2", "`ab -n 2000 -c 2`, 16 × 1 KiB", "req/s", 1, None),
     ("wrk_c10", "`wrk -c10` keep-alive, 100 × 512 B", "req/s", 1, None),
     ("wrk_c2", "`wrk -c2` keep-alive, 16 × 1 KiB", "req/s", 1, None),
+    # /sse and /ndjson: the project alone serves them; ratios are to the /streamhtml figures.
+    ("ab_c10", "`ab -n 2000 -c 10` /sse, 100 events × 512 B", "req/s", 1, "ab_c10_sse"),
+    ("ab_c10", "`ab -n 2000 -c 10` /ndjson, 100 lines × 512 B", "req/s", 1, "ab_c10_ndjson"),
+    ("ab_c2", "`ab -n 2000 -c 2` /sse, 16 events × 1 KiB", "req/s", 1, "ab_c2_sse"),
+    ("ab_c2", "`ab -n 2000 -c 2` /ndjson, 16 lines × 1 KiB", "req/s", 1, "ab_c2_ndjson"),
+    ("wrk_c10", "`wrk -c10` keep-alive /sse, 100 events × 512 B", "req/s", 1, "wrk_c10_sse"),
+    ("wrk_c10", "`wrk -c10` keep-alive /ndjson, 100 lines × 512 B", "req/s", 1, "wrk_c10_ndjson"),
+    ("wrk_c2", "`wrk -c2` keep-alive /sse, 16 events × 1 KiB", "req/s", 1, "wrk_c2_sse"),
+    ("wrk_c2", "`wrk -c2` keep-alive /ndjson, 16 lines × 1 KiB", "req/s", 1, "wrk_c2_ndjson"),
     ("ab_c10", "`ab -c 10` with use_static_data=1", "req/s", 1, "ab_c10_static"),
     *(
         (f"stream_{s}", f"one stream, {s // 1024} KiB blocks", "MiB/s", MIB, None)
@@ -752,6 +787,9 @@ def write_results(args, run: dict, lines, target_lines, pngs) -> None:
         "- **minimal app**: `bench/minimal_app.py`, a generator yielding one prebuilt block per"
         " chunk, under gunicorn's defaults (sync workers) with `--workers 2`.",
         "- **nginx**: a static file of the same size, `sendfile on`, 2 worker processes.",
+        "- the `/sse`, `/ndjson` and `use_static_data=1` rows: only the project serves them; the"
+        " baseline columns and the ratios beside them are the baselines' `/streamhtml` figures"
+        " for the same nblocks and block_size.",
         f"- one stream: {mode['stream_bytes'] // MIB} MiB through"
         " `curl -s -o /dev/null -w '%{speed_download}'`; RSS: each worker's VmRSS sampled every"
         " 20 ms, peak minus the value before the stream, worst worker.",

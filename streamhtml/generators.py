@@ -1,4 +1,4 @@
-"""Pure stream generators: HTML blocks and CSV rows. No Flask, no I/O, no logging."""
+"""Pure stream generators: HTML blocks, SSE events, NDJSON lines, CSV rows. No Flask, no I/O."""
 
 import csv
 import itertools
@@ -7,6 +7,7 @@ import random
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -102,11 +103,12 @@ def _make_ring(block_size: int) -> list[bytes]:
 
 
 class _Tails:
-    """`count` shared buffers of letters, each ending in LINE_END; blocks are views of them."""
+    """`count` shared buffers of letters, each ending in `ending`; blocks are views of them."""
 
-    def __init__(self, count: int, letters: Callable[[int], bytes]):
+    def __init__(self, count: int, letters: Callable[[int], bytes], ending: bytes = LINE_END):
         self._count = count
         self._letters = letters
+        self._ending = ending
         self._lock = threading.Lock()
         self._buffers: list[bytes] = []
 
@@ -122,8 +124,8 @@ class _Tails:
                 # Powers of two, so a range of sizes does not regrow them each time; streams
                 # still on the old buffers keep them until they end.
                 size = max(TAIL_MIN_BYTES, 1 << (block_size - 1).bit_length())
-                letters = size - len(LINE_END)
-                self._buffers = [self._letters(letters) + LINE_END for _ in range(self._count)]
+                letters = size - len(self._ending)
+                self._buffers = [self._letters(letters) + self._ending for _ in range(self._count)]
             return self._buffers
 
 
@@ -139,6 +141,7 @@ def _cyclic_letters_of(count: int) -> bytes:
 _rings = _Rings()
 _random_tails = _Tails(TAILS, _random_letters_of)
 _static_tail = _Tails(1, _cyclic_letters_of)
+_letter_tails = _Tails(TAILS, _random_letters_of, ending=b"")
 
 
 def _static_view(block_size: int) -> bytes | memoryview:
@@ -178,20 +181,167 @@ def html_blocks(
     return itertools.islice(endless, start, start + nblocks)
 
 
-def paced(chunks: Iterable[bytes], pause: Callable[[], bool]) -> Iterator[bytes]:
-    """Yield `chunks` with `pause()` between them, never before the first.
+@dataclass(frozen=True)
+class Pace:
+    """How a paced stream waits: `pause_s` before each of its `items` but the first.
 
-    `pause` returns False when the stream should stop (the client left, the server is
-    shutting down); then no further chunk is made.
+    With a `heartbeat`, a pause longer than `heartbeat_every_s` is taken in slices of that
+    length with the heartbeat sent after each, so the connection never stays silent longer.
+    """
+
+    items: int
+    pause_s: float
+    heartbeat: bytes = b""
+    heartbeat_every_s: float = 0.0
+
+
+def paced(chunks: Iterable, pace: Pace, pause: Callable[[float], bool]) -> Iterator:
+    """Yield `pace.items` of `chunks`, pausing before each but the first.
+
+    Each chunk is made only after its pause, so what it says about the time is true when it
+    leaves; knowing the count, no pause follows the last. `pause(seconds)` returns False when
+    the stream should stop (the client left, the deadline came): then nothing more is made.
     """
     chunks = iter(chunks)
-    for chunk in chunks:
-        yield chunk
-        break
-    for chunk in chunks:
-        if not pause():
+    for index in range(pace.items):
+        if index:
+            left_s = pace.pause_s
+            while pace.heartbeat and left_s > pace.heartbeat_every_s > 0:
+                if not pause(pace.heartbeat_every_s):
+                    return
+                yield pace.heartbeat
+                left_s -= pace.heartbeat_every_s
+            if not pause(left_s):
+                return
+        chunk = next(chunks, None)
+        if chunk is None:
             return
         yield chunk
+
+
+# --- letters for SSE and NDJSON --------------------------------------------------------------
+
+# Each view of the pool starts this far past the one before (wrapping), so consecutive events
+# carry different letters without a random draw per event.
+_POOL_STRIDE = 7919
+
+
+def _static_letters(size: int) -> memoryview:
+    # The static tail ends in "...xyz<br>\n"; without its line end it is letters only.
+    (view,) = _static_tail.views(size + len(LINE_END))
+    return view[:size]
+
+
+def letter_views(size: int, static: bool = False, rng: random.Random | None = None) -> Iterator:
+    """Endless views of `size` lowercase letters, zero-copy: the same ones when `static`."""
+    if static:
+        return itertools.repeat(_static_letters(size))
+    if size > POOL_BYTES:
+        return itertools.cycle(_letter_tails.views(size))
+    return _pool_views(size, (rng or random).randrange(POOL_BYTES - size + 1))
+
+
+def _pool_views(size: int, offset: int) -> Iterator[memoryview]:
+    pool = memoryview(_POOL)
+    span = POOL_BYTES - size + 1
+    while True:
+        yield pool[offset : offset + size]
+        offset = (offset + _POOL_STRIDE) % span
+
+
+# --- Server-Sent Events ----------------------------------------------------------------------
+
+# No SSE stream stays silent longer than this: idle-timeout load balancers (many cut at 30 or
+# 60 s) see a comment line instead, which every EventSource ignores.
+SSE_HEARTBEAT_S = 15.0
+SSE_HEARTBEAT = b": keep-alive\n\n"
+# The reconnection delay is the stream's own pause, so a resumed stream keeps its pacing; but
+# never under this, so a client that keeps reconnecting does so at most once a second.
+SSE_MIN_RETRY_MS = 1000
+_SSE_EVENT = b"id: %d\nevent: block\ndata: %b\n\n"
+
+
+def sse_retry_ms(sleep_ms: int) -> int:
+    return max(sleep_ms, SSE_MIN_RETRY_MS)
+
+
+def sse_retry(retry_ms: int) -> bytes:
+    """The field that opens a stream: how long an EventSource waits before it reconnects.
+
+    A block of its own (a blank line ends it), so it dispatches no event.
+    """
+    return b"retry: %d\n\n" % retry_ms
+
+
+def sse_events(
+    nblocks: int,
+    block_size: int,
+    after_id: int = 0,
+    static: bool = False,
+    rng: random.Random | None = None,
+) -> Iterator[bytes]:
+    """Events `after_id + 1` to `nblocks`: `id`, `event: block`, and `block_size` letters."""
+    ids = range(after_id + 1, nblocks + 1)
+    return map(_SSE_EVENT.__mod__, zip(ids, letter_views(block_size, static, rng)))
+
+
+# --- NDJSON ----------------------------------------------------------------------------------
+
+_NDJSON_LINE = b'{"seq":%d,"t_ms":%d,"pad":"%b"}\n'
+# A line's bytes besides the digits of seq and t_ms and the pad.
+NDJSON_FRAME_BYTES = len(_NDJSON_LINE % (0, 0, b"")) - 2
+# Wall-clock milliseconds since the epoch have 13 digits from 2001-09-09 to 2286-11-20.
+T_MS_DIGITS = 13
+_T_MS_RANGE = range(10 ** (T_MS_DIGITS - 1), 10**T_MS_DIGITS)
+
+
+def ndjson_min_line_bytes(nblocks: int) -> int:
+    """The shortest line that fits every seq up to `nblocks` with a 13-digit t_ms: no pad."""
+    return NDJSON_FRAME_BYTES + len(str(max(nblocks, 1))) + T_MS_DIGITS
+
+
+def ndjson_lines(
+    nblocks: int,
+    block_size: int,
+    now_ms: Callable[[], int],
+    static: bool = False,
+    rng: random.Random | None = None,
+) -> Iterator[bytes]:
+    """`nblocks` JSON lines of exactly `block_size` bytes: seq from 1, t_ms, then a pad.
+
+    t_ms is `now_ms()` as the line is made. Bytes formatting, not json.dumps: the line is
+    plain ASCII, so its bytes are its JSON.
+    """
+    shortest = ndjson_min_line_bytes(nblocks)
+    if block_size < shortest:
+        raise ValueError(f"a line for nblocks={nblocks} takes at least {shortest} bytes")
+    pad_source = next(letter_views(block_size, static, rng))
+    return _ndjson_lines(nblocks, block_size, now_ms, pad_source)
+
+
+def _ndjson_lines(nblocks, block_size, now_ms, pad_source) -> Iterator[bytes]:
+    line = _NDJSON_LINE
+    for digits, first, last in _digit_runs(nblocks):
+        # One pad per width of seq, copied once: formatting from bytes beats a view.
+        pad_bytes = block_size - NDJSON_FRAME_BYTES - digits - T_MS_DIGITS
+        pad = bytes(pad_source[:pad_bytes])
+        for seq in range(first, last + 1):
+            t_ms = now_ms()
+            if t_ms in _T_MS_RANGE:
+                yield line % (seq, t_ms, pad)
+            else:  # a clock outside 2001-2286 (a test's): fit the pad to its width
+                fitted = pad_bytes + T_MS_DIGITS - len(str(t_ms))
+                yield line % (seq, t_ms, pad_source[: max(fitted, 0)])
+
+
+def _digit_runs(last: int) -> Iterator[tuple[int, int, int]]:
+    """(digits, first, last) of each run of 1..last whose numbers have the same width."""
+    first = 1
+    while first <= last:
+        digits = len(str(first))
+        end = min(last, 10**digits - 1)
+        yield digits, first, end
+        first = end + 1
 
 
 # --- CSV -----------------------------------------------------------------------------------

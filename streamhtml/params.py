@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from werkzeug.datastructures import MultiDict
 
+from .generators import T_MS_DIGITS, ndjson_min_line_bytes
 from .numbers import MAX_DIGITS, parse_bounded
 from .settings import Limits
 
@@ -13,13 +14,27 @@ DEFAULT_SLEEP_MS = 0
 DEFAULT_CSV_ROWS = 1000
 DEFAULT_SEED = 0
 MAX_SEED = 2**32 - 1
+# What an EventSource sends when it reconnects: the id of the last event it received.
+LAST_EVENT_ID_HEADER = "Last-Event-ID"
 
 
 class BadParameter(ValueError):
+    """A query value that is not accepted: a 400 that names it."""
+
+    kind = "query parameter"
+    field = "parameter"  # the key of the error body that names it
+
     def __init__(self, parameter: str, detail: str):
         super().__init__(detail)
         self.parameter = parameter
         self.detail = detail
+
+
+class BadHeader(BadParameter):
+    """A request header that is not accepted: the same 400, naming the header."""
+
+    kind = "header"
+    field = "header"
 
 
 @dataclass(frozen=True)
@@ -54,9 +69,13 @@ def int_param(args: MultiDict, name: str, default: int, lowest: int, highest: in
     raw = _single(args, name)
     if raw is None:
         return min(max(default, lowest), highest)
+    return _bounded(raw, BadParameter, name, lowest, highest)
+
+
+def _bounded(raw: str, refusal: type[BadParameter], name: str, lowest: int, highest: int) -> int:
     value = parse_bounded(raw, lowest, highest)
     if value is None:
-        raise BadParameter(
+        raise refusal(
             name,
             f"{name} must be plain decimal digits (at most {MAX_DIGITS}) "
             f"for a whole number from {lowest} to {highest}",
@@ -100,3 +119,40 @@ def parse_csv_request(args: MultiDict, limits: Limits) -> CsvRequest:
         rows=int_param(args, "rows", DEFAULT_CSV_ROWS, 0, limits.max_csv_rows),
         seed=int_param(args, "seed", DEFAULT_SEED, 0, MAX_SEED),
     )
+
+
+def parse_ndjson_request(args: MultiDict, limits: Limits) -> StreamRequest:
+    """As /streamhtml's, and block_size must hold the JSON of the widest line with no pad."""
+    request = parse_stream_request(args, limits)
+    shortest = ndjson_min_line_bytes(request.nblocks)
+    if request.block_size < shortest:
+        seq_digits = len(str(max(request.nblocks, 1)))
+        raise BadParameter(
+            "block_size",
+            f"block_size must be at least {shortest} bytes for nblocks={request.nblocks}: "
+            f'a line is {{"seq":…,"t_ms":…,"pad":"…"}} and a newline, {shortest} bytes with '
+            f"no pad, a {seq_digits}-digit seq and a {T_MS_DIGITS}-digit t_ms",
+        )
+    return request
+
+
+def parse_last_event_id(args: MultiDict, headers, nblocks: int) -> int | None:
+    """The id of the last event the client has, from 0 to nblocks; None when it gave none.
+
+    From the Last-Event-ID header (what an EventSource sends when it reconnects), else from
+    `last_event_id` in the query. Both are checked; the header wins, being the newer: an
+    EventSource reconnects to the URL it was opened with, query and all.
+    """
+    raw_query = _single(args, "last_event_id")
+    in_query = None
+    if raw_query is not None:
+        in_query = _bounded(raw_query, BadParameter, "last_event_id", 0, nblocks)
+    in_header = headers.getlist(LAST_EVENT_ID_HEADER)
+    if len(in_header) > 1:
+        raise BadHeader(
+            LAST_EVENT_ID_HEADER,
+            f"{LAST_EVENT_ID_HEADER} was given {len(in_header)} times; give it once",
+        )
+    if in_header:
+        return _bounded(in_header[0], BadHeader, LAST_EVENT_ID_HEADER, 0, nblocks)
+    return in_query

@@ -1,7 +1,8 @@
-"""Does this route stream? Ask /streamhtml for paced blocks and time their arrival.
+"""Does this route stream? Ask for paced blocks, events or lines and time their arrival.
 
     python -m streamhtml.probe https://streamhtml.apps.example.com
     python -m streamhtml.probe http://127.0.0.1:8080 --nblocks 20 --sleep-ms 500
+    python -m streamhtml.probe --shape sse https://streamhtml.apps.example.com
     python -m streamhtml.probe -H 'Host: streamhtml.apps.example.com' http://10.0.0.5
 
 The service sends block after block with `sleep_ms` between them. When every hop passes the
@@ -10,6 +11,12 @@ load balancer, a compressing filter) buffers it, they arrive bunched together, u
 burst at the end. The probe prints the time to first byte, the arrival timeline, the
 throughput and a verdict: STREAMS (exit 0) or BUFFERED (exit 1). Errors exit 2 with one line;
 UNKNOWN (exit 3) means the pacing asked for is too short to judge.
+
+`--shape` picks what is streamed, as proxies treat each differently: html (/streamhtml, the
+default; the verdict counts bytes), sse (/sse, Server-Sent Events; it counts events, parsed as
+they arrive, and reports the keep-alive comments apart) or ndjson (/ndjson; it counts lines,
+and reports each line's lateness: its time in transit, from its t_ms to its arrival, less the
+first line's, so the two clocks' offset cancels out).
 
 The verdict is judged on arrival times, never on how many reads the bytes came in: a proxy may
 re-chunk a stream (gorouter sends an unpaced one in about 8 KiB pieces) without holding it back.
@@ -67,12 +74,32 @@ MOST = 0.5  # more than this share of the pauses missing: the blocks came bunche
 SHORT_SPREAD = 0.5  # arrivals spread over less than this share of the paced duration
 SLOW_START_S = 1.0  # a first byte later than this (and late for the pacing) is worth a note
 
-# One arrival: (seconds since the request was sent, body bytes that arrived then).
+# One arrival: (seconds since the request was sent, what arrived then: body bytes for html,
+# whole events or lines for sse and ndjson).
 Arrival = tuple[float, int]
 
 
 class ProbeError(Exception):
     """Anything that stops the probe before a verdict: reported as one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What is streamed, where it is asked for, and what the verdict counts in it."""
+
+    name: str
+    path: str
+    accept: str
+    items: str  # what is paced: "blocks"
+    counted: str  # what the verdict counts: "bytes" (a block's share of them), "events"
+    counted_one: str
+    nothing: str  # what the verdict says when none of it arrived
+
+
+HTML = Shape("html", "/streamhtml", "text/html", "blocks", "bytes", "byte", "no body bytes")
+SSE = Shape("sse", "/sse", "text/event-stream", "events", "events", "event", "no events")
+NDJSON = Shape("ndjson", "/ndjson", "application/x-ndjson", "lines", "lines", "line", "no lines")
+SHAPES = {shape.name: shape for shape in (HTML, SSE, NDJSON)}
 
 
 @dataclass(frozen=True)
@@ -82,6 +109,7 @@ class Pacing:
     nblocks: int
     block_size: int
     sleep_ms: int
+    shape: Shape = HTML
 
     @property
     def total_bytes(self) -> int:
@@ -171,51 +199,54 @@ def judge(arrivals: Sequence[Arrival], pacing: Pacing) -> Verdict:
     recreate those pauses: its blocks arrive bunched, over a shorter time. A late first byte
     alone is not buffering (a slow route is slow for every byte); it gets a note.
     """
+    shape = pacing.shape
     if pacing.nblocks < 2 or pacing.sleep_ms < MIN_SLEEP_MS:
         return Verdict(
             UNKNOWN,
             (
                 f"nblocks={pacing.nblocks} and sleep_ms={pacing.sleep_ms} leave no pauses to "
-                f"look for: use at least 2 blocks and {MIN_SLEEP_MS} ms",
+                f"look for: use at least 2 {shape.items} and {MIN_SLEEP_MS} ms",
             ),
         )
     line = summarize(arrivals, pacing)
     if line.total_bytes == 0:
-        return Verdict(UNKNOWN, ("no body bytes arrived",))
+        return Verdict(UNKNOWN, (f"{shape.nothing} arrived",))
     sleep_s = pacing.sleep_ms / 1000.0
     pauses = pacing.nblocks - 1
     seen = sum(
         1 for before, t in zip(line.block_times, line.block_times[1:]) if t - before >= sleep_s / 2
     )
     spread = (
-        f"the bytes arrived over {line.spread_s:.2f} s; "
+        f"the {shape.counted} arrived over {line.spread_s:.2f} s; "
         f"paced, they take {pacing.spread_s:.2f} s ({pauses} pauses of {pacing.sleep_ms} ms)"
     )
     missing = pauses - seen
     buffered = []
     if missing > MOST * pauses:
         buffered.append(
-            f"{missing} of the {pauses} pauses between blocks were missing: "
-            "the blocks arrived bunched together"
+            f"{missing} of the {pauses} pauses between {shape.items} were missing: "
+            f"the {shape.items} arrived bunched together"
         )
     if line.spread_s < SHORT_SPREAD * pacing.spread_s:
         buffered.append(spread)
     if line.burst_bytes * 2 > line.total_bytes:
         buffered.append(
-            f"{percent(line.burst_bytes, line.total_bytes)} of the bytes arrived in one burst, "
+            f"{percent(line.burst_bytes, line.total_bytes)} of the {shape.counted} arrived in "
+            "one burst, "
             f"within {pacing.sleep_ms // 2} ms, ending {line.burst_at_s:.2f} s after the request"
         )
     late = line.first_byte_s > max(SLOW_START_S, SHORT_SPREAD * pacing.spread_s)
     if buffered:
         if late:
             buffered.append(
-                f"the first byte came only after {line.first_byte_s:.2f} s, held back with the rest"
+                f"the first {shape.counted_one} came only after {line.first_byte_s:.2f} s, "
+                "held back with the rest"
             )
         return Verdict(BUFFERED, tuple(buffered))
-    reasons = [f"{seen} of the {pauses} pauses between blocks came through", spread]
+    reasons = [f"{seen} of the {pauses} pauses between {shape.items} came through", spread]
     if late:
         reasons.append(
-            f"note: the first byte took {line.first_byte_s:.2f} s, a slow start, "
+            f"note: the first {shape.counted_one} took {line.first_byte_s:.2f} s, a slow start, "
             "but the pauses after it came through"
         )
     return Verdict(STREAMS, tuple(reasons))
@@ -264,11 +295,15 @@ def bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def target_for(url: str, nblocks=None, block_size=None, sleep_ms=None) -> tuple[Target, Pacing]:
-    """The /streamhtml request to make from a route (https://host) or a full /streamhtml URL.
+def target_for(
+    url: str, nblocks=None, block_size=None, sleep_ms=None, shape: str | None = None
+) -> tuple[Target, Pacing]:
+    """The request to make from a route (https://host) or a full .../streamhtml, /sse or
+    /ndjson URL.
 
-    Each of nblocks, block_size and sleep_ms comes from the option when given, else from the
-    URL's query, else from the default; any other query parameter is kept.
+    The shape is the one named, else the one the URL's path ends in, else html. Each of
+    nblocks, block_size and sleep_ms comes from the option when given, else from the URL's
+    query, else from the default; any other query parameter is kept.
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -278,8 +313,13 @@ def target_for(url: str, nblocks=None, block_size=None, sleep_ms=None) -> tuple[
     except ValueError as error:
         raise ProbeError(f"bad port in {url!r}: {error}") from None
     path = parts.path.rstrip("/")
-    if not path.endswith("/streamhtml"):
-        path += "/streamhtml"
+    in_url = next((name for name, kind in SHAPES.items() if path.endswith(kind.path)), None)
+    if shape and in_url and shape != in_url:
+        raise ProbeError(f"--shape {shape} asks for {SHAPES[shape].path}, the URL for {path}")
+    wanted = SHAPES[shape or in_url or HTML.name]
+    if in_url:
+        path = path[: -len(SHAPES[in_url].path)]
+    path += wanted.path
     query: dict[str, str | int] = dict(parse_qsl(parts.query, keep_blank_values=True))
     given = {"nblocks": nblocks, "block_size": block_size, "sleep_ms": sleep_ms}
     defaults = {
@@ -293,7 +333,7 @@ def target_for(url: str, nblocks=None, block_size=None, sleep_ms=None) -> tuple[
         if not str(value).isdigit() or not str(value).isascii():
             raise ProbeError(f"{name} in the URL must be a whole number, not {value!r}")
         query[name] = int(value)
-    pacing = Pacing(int(query["nblocks"]), int(query["block_size"]), int(query["sleep_ms"]))
+    pacing = Pacing(int(query["nblocks"]), int(query["block_size"]), int(query["sleep_ms"]), wanted)
     target = Target(parts.scheme, parts.hostname, port, f"{path}?{urlencode(query)}")
     return target, pacing
 
@@ -318,14 +358,15 @@ def parse_header(text: str) -> tuple[str, str]:
 
 
 def request_headers(
-    target: Target, given: Sequence[tuple[str, str]]
+    target: Target, given: Sequence[tuple[str, str]], accept: str = HTML.accept
 ) -> tuple[tuple[str, str], ...]:
     """The probe's own headers, each replaced where -H gives the same name, then the other -H."""
     own = [
         ("Host", target.netloc),
         # As a browser would: a compressing proxy then compresses, and may buffer to do so.
         ("Accept-Encoding", "gzip"),
-        ("Accept", "text/html"),
+        # Some proxies treat text/event-stream apart: ask as an EventSource would.
+        ("Accept", accept),
         ("Cache-Control", "no-cache"),
         ("User-Agent", f"streamhtml-probe/{__version__}"),
     ]
@@ -406,9 +447,188 @@ class Request:
         return next((value for key, value in self.headers if key.lower() == name.lower()), None)
 
 
-def request_for(target: Target, header_args: Sequence[str] = ()) -> Request:
-    headers = request_headers(target, [parse_header(text) for text in header_args])
+def request_for(
+    target: Target, header_args: Sequence[str] = (), accept: str = HTML.accept
+) -> Request:
+    headers = request_headers(target, [parse_header(text) for text in header_args], accept)
     return Request(target, headers, proxy_for(target))
+
+
+class BodyReader:
+    """Counts what the verdict counts in a body, read by read; for html, its bytes."""
+
+    # Bytes can be counted as sent even in an encoding the probe cannot decode; events not.
+    counts_bytes = True
+
+    def feed(self, data: bytes, at_s: float) -> int:
+        """What `data`, arrived `at_s` after the request, adds to the count."""
+        return len(data)
+
+    def mismatch(self, pacing: Pacing, found: "Measurement") -> str | None:
+        """How the body differs from what was asked for, if it does."""
+        if found.decoded and found.body_bytes != pacing.total_bytes:
+            return f"expected {pacing.total_bytes} bytes, got {found.body_bytes}"
+        return None
+
+    def summary_lines(self) -> list[str]:
+        """What the body held, beside its byte count."""
+        return []
+
+    def section_lines(self) -> list[str]:
+        """A section of the report of its own, before the timeline."""
+        return []
+
+
+class SseReader(BodyReader):
+    """Events, parsed as they arrive by the EventSource rules: one counts once dispatched
+    (at its blank line, with data). Comments are counted apart: they are the keep-alives."""
+
+    counts_bytes = False
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._has_data = False
+        self.last_id: bytes | None = None
+        self.events = 0
+        self.comments = 0
+        self.retry_ms: int | None = None
+        self.wrong_id: str | None = None  # the first event whose id is not its number
+
+    def feed(self, data: bytes, at_s: float) -> int:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        dispatched = 0
+        for line in lines:
+            line = line.removesuffix(b"\r")
+            if not line:
+                if self._has_data:
+                    dispatched += 1
+                    self._dispatched()
+                self._has_data = False
+            elif line.startswith(b":"):
+                self.comments += 1
+            else:
+                name, _, value = line.partition(b":")
+                value = value.removeprefix(b" ")
+                if name == b"data":
+                    self._has_data = True
+                elif name == b"id":
+                    self.last_id = value
+                elif name == b"retry" and value.isdigit():
+                    self.retry_ms = int(value)
+        return dispatched
+
+    def _dispatched(self) -> None:
+        self.events += 1
+        if self.wrong_id is None and self.last_id != b"%d" % self.events:
+            shown = "none" if self.last_id is None else printable(self.last_id.decode("latin-1"))
+            self.wrong_id = f"event {self.events} had id {shown}"
+
+    def mismatch(self, pacing: Pacing, found: "Measurement") -> str | None:
+        if self.events != pacing.nblocks:
+            return f"expected {pacing.nblocks} events, got {self.events}"
+        if self.wrong_id:
+            return f"expected ids 1 to {pacing.nblocks} in order, but {self.wrong_id}"
+        return None
+
+    def summary_lines(self) -> list[str]:
+        retry = "no retry field" if self.retry_ms is None else f"retry: {self.retry_ms} ms"
+        ids = f"ids 1 to {self.events} in order" if not self.wrong_id else self.wrong_id
+        return [
+            f"events         {plural(self.events, 'event')}, {ids}; {retry}; "
+            f"{plural(self.comments, 'keep-alive comment')} (not counted)"
+        ]
+
+
+# Lines of the lateness table shown in full; past it, a summary.
+MAX_LISTED_LINES = 30
+
+
+class NdjsonReader(BodyReader):
+    """Lines, each checked as it arrives: a JSON object of block_size bytes with the next seq
+    and an integer t_ms, the server's clock when it sent the line."""
+
+    counts_bytes = False
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self._partial = b""
+        self.lines = 0
+        self.timings: list[tuple[int, float]] = []  # (t_ms, seconds to arrive), line by line
+        self.wrong: str | None = None  # the first line that is not as asked for
+
+    def feed(self, data: bytes, at_s: float) -> int:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._check(line, at_s)
+        return len(lines)
+
+    def _check(self, line: bytes, at_s: float) -> None:
+        self.lines += 1
+        try:
+            found = json.loads(line)
+        except ValueError:
+            found = None
+        if (
+            isinstance(found, dict)
+            and found.get("seq") == self.lines
+            and type(found.get("t_ms")) is int
+            and len(line) + 1 == self.block_size
+        ):
+            self.timings.append((found["t_ms"], at_s))
+        elif self.wrong is None:
+            self.wrong = (
+                f"line {self.lines} is not a JSON object of {self.block_size} bytes "
+                f"with seq {self.lines} and an integer t_ms"
+            )
+
+    def lateness_ms(self) -> list[float]:
+        """Each line's time in transit less the first line's: the clocks' offset cancels."""
+        if not self.timings:
+            return []
+        first_t_ms, first_at_s = self.timings[0]
+        return [(at_s - first_at_s) * 1000 - (t_ms - first_t_ms) for t_ms, at_s in self.timings]
+
+    def mismatch(self, pacing: Pacing, found: "Measurement") -> str | None:
+        if self._partial:
+            return f"the body ended inside line {self.lines + 1}"
+        if self.lines != pacing.nblocks:
+            return f"expected {pacing.nblocks} lines, got {self.lines}"
+        return self.wrong
+
+    def summary_lines(self) -> list[str]:
+        checked = self.wrong or f"seq 1 to {self.lines} in order, {self.block_size} bytes each"
+        return [f"lines          {plural(self.lines, 'line')}, {checked}"]
+
+    def section_lines(self) -> list[str]:
+        late = self.lateness_ms()
+        if not late:
+            return []
+        lines = [
+            f"lateness: {min(late):+.1f} to {max(late):+.1f} ms, each line's time in transit "
+            "(t_ms to arrival) less the first line's",
+            f"  {'seq':>6}  {'sent':>9}  {'arrived':>9}  {'late':>10}",
+        ]
+        first_t_ms = self.timings[0][0]
+        for seq, ((t_ms, at_s), late_ms) in enumerate(zip(self.timings, late), start=1):
+            if seq > MAX_LISTED_LINES:
+                lines.append(f"  … and {plural(len(late) - MAX_LISTED_LINES, 'line')} more")
+                break
+            lines.append(
+                f"  {seq:>6}  {ms((t_ms - first_t_ms) / 1000):>9}  {ms(at_s):>9}  "
+                f"{late_ms:>+7.1f} ms"
+            )
+        lines.append("  (sent: t_ms less the first line's; arrived: since the request)")
+        return lines
+
+
+def reader_for(pacing: Pacing) -> BodyReader:
+    if pacing.shape is SSE:
+        return SseReader()
+    if pacing.shape is NDJSON:
+        return NdjsonReader(pacing.block_size)
+    return BodyReader()
 
 
 @dataclass(frozen=True)
@@ -419,7 +639,9 @@ class Measurement:
     connect_s: float
     head_s: float  # from the request sent to the response head
     wire_first_byte_s: float | None
-    arrivals: tuple[Arrival, ...]  # body bytes, decoded when compressed with gzip or deflate
+    # What the verdict counts: body bytes (decoded when compressed with gzip or deflate), or
+    # whole events or lines.
+    arrivals: tuple[Arrival, ...]
     wire_bytes: int
     body_bytes: int
     decoded: bool
@@ -459,8 +681,14 @@ def send(connection: http.client.HTTPConnection, request: Request) -> None:
     connection.endheaders()
 
 
-def measure(request: Request, timeout_s: float, insecure: bool = False) -> Measurement:
-    """GET the target once and time every read of the body as it comes off the socket."""
+def measure(
+    request: Request, timeout_s: float, insecure: bool = False, body: BodyReader | None = None
+) -> Measurement:
+    """GET the target once and time every read of the body as it comes off the socket.
+
+    `body` counts what each read adds (bytes, unless it reads events or lines).
+    """
+    body = body or BodyReader()
     target = request.target
     via = f" via proxy {request.proxy.url}" if request.proxy else ""
     connection = open_connection(request, timeout_s, insecure)
@@ -483,6 +711,8 @@ def measure(request: Request, timeout_s: float, insecure: bool = False) -> Measu
             "x-gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
             "deflate": lambda: zlib.decompressobj(),
         }.get(encoding, lambda: None)()
+        if decoder is None and encoding != "identity" and not body.counts_bytes:
+            raise ProbeError(f"cannot read events or lines from a {encoding} body")
         arrivals, wire_bytes, body_bytes, wire_first = [], 0, 0, None
         while True:
             try:
@@ -498,14 +728,20 @@ def measure(request: Request, timeout_s: float, insecure: bool = False) -> Measu
             wire_first = now if wire_first is None else wire_first
             wire_bytes += len(data)
             try:
-                count = len(decoder.decompress(data)) if decoder else len(data)
+                decoded = decoder.decompress(data) if decoder else data
             except zlib.error as error:
                 raise ProbeError(f"cannot decode the {encoding} body: {error}") from None
-            body_bytes += count
+            body_bytes += len(decoded)
+            count = body.feed(decoded, now)
             if count:
                 arrivals.append((now, count))
         if decoder:
-            body_bytes += len(decoder.flush())
+            # What the decoder still held arrived with the last read.
+            rest = decoder.flush()
+            body_bytes += len(rest)
+            count = body.feed(rest, now)
+            if count:
+                arrivals.append((now, count))
         return Measurement(
             status_line=f"HTTP/{response.version / 10:.1f} {response.status} {response.reason}",
             framing="chunked"
@@ -656,7 +892,8 @@ def histogram(arrivals: Sequence[Arrival], pacing: Pacing, width: int = 40) -> l
         counts[int(t / bucket)] += n
     top = max(counts)
     digits = len(str(top))
-    lines = [f"timeline: bytes arrived per {ms(bucket)}, by time since the request"]
+    counted = pacing.shape.counted
+    lines = [f"timeline: {counted} arrived per {ms(bucket)}, by time since the request"]
     for index, count in enumerate(counts):
         bar = "#" * math.ceil(width * count / top) if count else "."
         lines.append(f"  {ms(index * bucket):>9}  {count:>{digits}}  {bar}")
@@ -711,15 +948,33 @@ def header_lines(found: Measurement) -> list[str]:
     return lines
 
 
-def report(request: Request, pacing: Pacing, found: Measurement, verdict: Verdict) -> str:
+def expectation(pacing: Pacing) -> str:
+    apart = f"{pacing.sleep_ms} ms apart"
+    if pacing.shape is SSE:
+        return (
+            f"{pacing.nblocks} events of {pacing.block_size} letters, {apart}, "
+            f"over {pacing.spread_s:.2f} s"
+        )
+    return (
+        f"{pacing.nblocks} {pacing.shape.items} of {pacing.block_size} bytes, {apart}: "
+        f"{pacing.total_bytes} bytes over {pacing.spread_s:.2f} s"
+    )
+
+
+def report(
+    request: Request,
+    pacing: Pacing,
+    found: Measurement,
+    verdict: Verdict,
+    body: BodyReader | None = None,
+) -> str:
     line = summarize(found.arrivals, pacing)
     compressed = "" if found.encoding == "identity" else f", {found.encoding}"
     counted = "" if found.decoded else f" (counted as sent: cannot decode {found.encoding})"
     lines = [
         f"probe    GET {request.target.url}",
         *route_lines(request),
-        f"expects  {pacing.nblocks} blocks of {pacing.block_size} bytes, {pacing.sleep_ms} ms "
-        f"apart: {pacing.total_bytes} bytes over {pacing.spread_s:.2f} s",
+        f"expects  {expectation(pacing)}",
         "",
         f"connect        {ms(found.connect_s):>9}",
         f"response head  {ms(found.head_s):>9}   {found.status_line}, {found.framing}{compressed}",
@@ -730,7 +985,8 @@ def report(request: Request, pacing: Pacing, found: Measurement, verdict: Verdic
         f"{found.wire_bytes} bytes on the wire{counted}",
         # Reads are not blocks: say so, lest a read count look like a verdict.
         "               (a read: what arrived at once; proxies may re-chunk, so reads need not "
-        "match blocks)",
+        f"match {pacing.shape.items})",
+        *(body.summary_lines() if body else []),
         f"throughput     {rate(found.wire_bytes, line.spread_s)} on the wire, first to last "
         f"byte; {rate(found.wire_bytes, line.last_byte_s)} from the request",
         f"largest gap    {ms(line.largest_gap_s):>9}   before the read at "
@@ -738,12 +994,15 @@ def report(request: Request, pacing: Pacing, found: Measurement, verdict: Verdic
     ]
     if pacing.sleep_ms:
         lines.append(
-            f"largest burst  {percent(line.burst_bytes, line.total_bytes):>9}   of the bytes "
-            f"within {pacing.sleep_ms // 2} ms, ending at {ms(line.burst_at_s)}"
+            f"largest burst  {percent(line.burst_bytes, line.total_bytes):>9}   of the "
+            f"{pacing.shape.counted} within {pacing.sleep_ms // 2} ms, "
+            f"ending at {ms(line.burst_at_s)}"
         )
     else:
         lines.append("               (sleep_ms=0: the throughput is the path's, unpaced)")
     lines += ["", *header_lines(found)]
+    if body and body.section_lines():
+        lines += ["", *body.section_lines()]
     lines += ["", *histogram(found.arrivals, pacing), ""]
     lines.append(f"verdict: {verdict.state}")
     lines += [f"  - {reason}" for reason in verdict.reasons]
@@ -784,7 +1043,15 @@ def parse_args(argv):
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", help="the route (https://host) or a full .../streamhtml URL")
+    parser.add_argument(
+        "url", help="the route (https://host) or a full .../streamhtml, /sse or /ndjson URL"
+    )
+    parser.add_argument(
+        "--shape",
+        choices=tuple(SHAPES),
+        help="what to stream: html (/streamhtml, the default unless the URL names another), "
+        "sse (/sse, Server-Sent Events) or ndjson (/ndjson, JSON lines)",
+    )
     parser.add_argument("--nblocks", type=whole_number, help=f"default {DEFAULT_NBLOCKS}")
     parser.add_argument("--block-size", type=whole_number, help=f"default {DEFAULT_BLOCK_SIZE}")
     parser.add_argument(
@@ -812,14 +1079,17 @@ def parse_args(argv):
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        target, pacing = target_for(args.url, args.nblocks, args.block_size, args.sleep_ms)
-        request = request_for(target, args.header)
+        target, pacing = target_for(
+            args.url, args.nblocks, args.block_size, args.sleep_ms, args.shape
+        )
+        request = request_for(target, args.header, pacing.shape.accept)
     except ProbeError as error:
         print(f"probe: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     timeout_s = args.timeout if args.timeout else pacing.spread_s + 30.0
+    body = reader_for(pacing)
     try:
-        found = measure(request, timeout_s, args.insecure)
+        found = measure(request, timeout_s, args.insecure, body)
     except ProbeError as error:
         print(f"probe: error: {error}", file=sys.stderr)
         return EXIT_ERROR
@@ -828,15 +1098,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-    if found.decoded and found.body_bytes != pacing.total_bytes:
+    problem = body.mismatch(pacing, found)
+    if problem:
         print(
-            f"probe: error: expected {pacing.total_bytes} bytes, got {found.body_bytes} from "
-            f"{target.url}: is it a streamhtml route?",
+            f"probe: error: {problem} from {target.url}: is it a streamhtml route?",
             file=sys.stderr,
         )
         return EXIT_ERROR
     verdict = judge(found.arrivals, pacing)
-    print(report(request, pacing, found, verdict))
+    print(report(request, pacing, found, verdict, body))
     return verdict.exit_code
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
-from .generators import paced
+from .generators import Pace, paced
 from .observe import CLIENT_GONE, COMPLETE, DEADLINE, ERROR
 
 # POLLRDHUP reports a peer's FIN even when the kernel has no data to read (Linux only).
@@ -115,20 +116,24 @@ class LiveStream:
         chunks: Iterator,
         sock: socket.socket | None,
         duration_s: float,
-        pause_s: float = 0.0,
+        pace: Pace | None = None,
+        preamble: bytes = b"",
         turns: Turns | None = None,
     ):
         self.deadline = time.monotonic() + duration_s
         self._sock = sock
         self._watcher: ClientWatcher | None = None
-        if pause_s > 0:
+        if pace is not None and pace.pause_s > 0:
             # Only paced streams wait, so only they need a watcher (a poll object each).
             watcher = ClientWatcher(sock, self.deadline)
-            chunks = paced(chunks, lambda: watcher.pause(pause_s))
+            chunks = paced(chunks, pace, watcher.pause)
             self._watcher = watcher
+        if preamble:
+            # Sent at once, ahead of the first item; never paced, never one of the items.
+            chunks = itertools.chain((preamble,), chunks)
         # A paced stream makes one block per pause: it needs no turn, and must not hold
         # one while it sleeps.
-        self._turns = turns if pause_s <= 0 else None
+        self._turns = turns if pace is None or pace.pause_s <= 0 else None
         self._has_turn = False
         self._chunks = chunks
         self._cut: str | None = None

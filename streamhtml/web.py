@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from functools import partial
@@ -12,8 +13,27 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import __version__, capacity, metrics, observe
 from . import environ as env
-from .generators import CSV_CHUNK_BYTES, RING_MAX_BLOCK, csv_chunks, html_blocks
-from .params import BadParameter, parse_csv_request, parse_stream_request
+from .generators import (
+    CSV_CHUNK_BYTES,
+    RING_MAX_BLOCK,
+    SSE_HEARTBEAT,
+    SSE_HEARTBEAT_S,
+    Pace,
+    csv_chunks,
+    html_blocks,
+    ndjson_lines,
+    sse_events,
+    sse_retry,
+    sse_retry_ms,
+)
+from .params import (
+    BadParameter,
+    StreamRequest,
+    parse_csv_request,
+    parse_last_event_id,
+    parse_ndjson_request,
+    parse_stream_request,
+)
 from .settings import RESERVED_THREADS, Settings, load_settings
 from .stream import LiveStream, Turns
 
@@ -25,7 +45,9 @@ STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 # The routes whose responses are live streams, admitted and counted by the tracker.
-STREAM_ROUTES = ("/streamhtml", "/large.csv")
+STREAM_ROUTES = ("/streamhtml", "/large.csv", "/sse", "/ndjson")
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+NDJSON_CONTENT_TYPE = "application/x-ndjson"
 RETRY_AFTER_S = 1
 # What one admitted stream may hold, beyond the block or chunk it is sending: its thread's
 # stack, its objects and its share of the socket buffers (measured: docs/operations.md).
@@ -104,8 +126,48 @@ def streamhtml():
         lambda: html_blocks(wanted.nblocks, wanted.block_size, static=wanted.static),
         "text/html; charset=utf-8",
         held_bytes,
-        pause_s=wanted.sleep_ms / 1000.0,
+        pace_of(wanted, wanted.nblocks),
     )
+
+
+@get("/sse")
+def sse():
+    wanted = parse_stream_request(request.args, settings().limits)
+    after_id = parse_last_event_id(request.args, request.headers, wanted.nblocks)
+    if after_id is not None and after_id == wanted.nblocks:
+        # 204 is how a server tells an EventSource to stop reconnecting: nothing is left.
+        return Response(status=204, headers=STREAM_HEADERS)
+    after_id = after_id or 0
+    return stream(
+        lambda: sse_events(wanted.nblocks, wanted.block_size, after_id, static=wanted.static),
+        SSE_CONTENT_TYPE,
+        wanted.block_size,  # events are made from views of shared letters: one at a time
+        pace_of(wanted, wanted.nblocks - after_id, heartbeat=SSE_HEARTBEAT),
+        preamble=sse_retry(sse_retry_ms(wanted.sleep_ms)),
+    )
+
+
+@get("/ndjson")
+def ndjson():
+    wanted = parse_ndjson_request(request.args, settings().limits)
+    return stream(
+        lambda: ndjson_lines(wanted.nblocks, wanted.block_size, epoch_ms, static=wanted.static),
+        NDJSON_CONTENT_TYPE,
+        2 * wanted.block_size,  # the line being sent, and the pad it was made from
+        pace_of(wanted, wanted.nblocks),
+    )
+
+
+def epoch_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def pace_of(wanted: StreamRequest, items: int, heartbeat: bytes = b"") -> Pace | None:
+    """How a stream of `items` waits between them; None when it does not (sleep_ms=0)."""
+    if not wanted.sleep_ms:
+        return None
+    every_s = SSE_HEARTBEAT_S if heartbeat else 0.0
+    return Pace(items, wanted.sleep_ms / 1000.0, heartbeat, every_s)
 
 
 @get("/large.csv")
@@ -119,10 +181,15 @@ def large_csv():
 
 
 def stream(
-    make_chunks: Callable[[], Iterator], content_type: str, held_bytes: int, pause_s: float = 0.0
+    make_chunks: Callable[[], Iterator],
+    content_type: str,
+    held_bytes: int,
+    pace: Pace | None = None,
+    preamble: bytes = b"",
 ) -> Response:
     """A live stream of `make_chunks()`, or a 503 when the instance cannot take one more.
 
+    `pace` says how it waits between items, if it does; `preamble` goes out first, at once.
     HEAD gets the same headers and nothing else: no admission, no generator.
     """
     headers = dict(STREAM_HEADERS)
@@ -132,16 +199,12 @@ def stream(
     chunks = make_chunks()
     if not env.sends_buffers(environ):
         chunks = map(bytes, chunks)  # a server that takes bytes only (sync, test client)
-    if not pause_s:
+    if pace is None:
         # Nothing to wait for between items: the worker may batch their sends.
         env.mark_coalescable(environ)
-    live = LiveStream(
-        chunks,
-        env.client_socket(environ),
-        settings().limits.max_stream_duration_s,
-        pause_s,
-        current_app.extensions["streamhtml.turns"],
-    )
+    duration_s = settings().limits.max_stream_duration_s
+    turns = current_app.extensions["streamhtml.turns"]
+    live = LiveStream(chunks, env.client_socket(environ), duration_s, pace, preamble, turns)
     streams = tracker()
     route = env.route_of(environ) or request.path
     refused = streams.admit(live, route, STREAM_BASE_BYTES + held_bytes)
@@ -182,7 +245,7 @@ def error_response(status: int, error: str, detail: str, **extra) -> Response:
 
 
 def bad_parameter(exc: BadParameter):
-    return error_response(400, "invalid query parameter", exc.detail, parameter=exc.parameter)
+    return error_response(400, f"invalid {exc.kind}", exc.detail, **{exc.field: exc.parameter})
 
 
 def http_error(exc: HTTPException):

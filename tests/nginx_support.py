@@ -7,7 +7,8 @@ process by its PID.
 Two kinds of nginx:
 
 - `Nginx`: a generic proxy in front of an app, gzip on by default and no upstream connection
-  pool, as many front ends are configured.
+  pool, as many front ends are configured; `gzip_types=(...)` compresses more than text/html,
+  `read_timeout_s` cuts a response the app leaves silent that long.
 - `Nginx(..., router=True)` (or `gorouter_like(...)`): a stand-in for Cloud Foundry's gorouter,
   close to what the app sees behind the real one (as measured against gorouter on loopback):
   - a keep-alive pool to each instance, idle connections kept 90 s as gorouter hard-codes
@@ -68,7 +69,7 @@ http {{
     scgi_temp_path {dir}/scgi;
 
     gzip {gzip};
-    gzip_proxied any;
+    gzip_proxied any;{gzip_types}
 
     upstream backends {{
 {servers}{pool}
@@ -147,16 +148,25 @@ class Nginx:
         gzip: bool = True,
         router: bool = False,
         upstream_idle_s: int = GOROUTER_IDLE_S,
+        gzip_types: tuple[str, ...] = (),
+        read_timeout_s: int | None = None,
     ):
         assert not (router and gzip), "gorouter never compresses: pass gzip=False with router"
         self.dir = directory
         self.tls = tls
         self.gzip = gzip
+        # nginx compresses text/html only, unless told more types (text/event-stream, ...).
+        self.gzip_types = gzip_types
         self.router = router
         self.upstream_idle_s = upstream_idle_s
         self.port = free_port()
         self.upstream_ports = [upstream] if isinstance(upstream, int) else list(upstream)
-        self.extra = "" if honour_accel_buffering else IGNORE_ACCEL_BUFFERING
+        extras = [] if honour_accel_buffering else [IGNORE_ACCEL_BUFFERING]
+        if read_timeout_s is not None:
+            # nginx cuts a response whose app is silent this long (its default is 60 s), as
+            # idle-timeout load balancers do.
+            extras.append(f"            proxy_read_timeout {read_timeout_s}s;")
+        self.extra = "\n".join(extras)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -175,6 +185,7 @@ class Nginx:
             certificate=CERTIFICATE.format(dir=self.dir) if self.tls else "",
             servers="\n".join(f"        server 127.0.0.1:{port};" for port in self.upstream_ports),
             gzip="on" if self.gzip else "off",
+            gzip_types=f"\n    gzip_types {' '.join(self.gzip_types)};" if self.gzip_types else "",
             http_extra=ROUTER_HTTP if self.router else "",
             log_format=" router" if self.router else "",
             pool=self.pool() if self.router else "",

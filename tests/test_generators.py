@@ -1,18 +1,29 @@
-"""The pure generators: exact sizes, random but cheap blocks, deterministic CSV."""
+"""The pure generators: exact sizes, random but cheap blocks, SSE and NDJSON framing, pacing,
+deterministic CSV."""
 
 import csv
 import io
+import json
+import re
 import tracemalloc
 
 import pytest
 
 from streamhtml.generators import (
     CSV_HEADER,
+    POOL_BYTES,
     RING_BYTES,
     RINGS_ALIVE,
+    Pace,
     csv_chunks,
     html_blocks,
+    ndjson_lines,
+    ndjson_min_line_bytes,
     paced,
+    sse_events,
+    sse_retry,
+    sse_retry_ms,
+    static_block,
 )
 
 
@@ -83,19 +94,35 @@ def test_zero_blocks_is_an_empty_stream():
     assert list(html_blocks(0, 1024)) == []
 
 
-def test_paced_pauses_between_blocks_never_before_the_first():
+def test_paced_pauses_between_blocks_never_before_the_first_nor_after_the_last():
     events = []
 
-    def pause():
+    def pause(seconds):
+        events.append(f"pause {seconds}")
+        return True
+
+    for chunk in paced(iter([b"a", b"b", b"c"]), Pace(items=3, pause_s=0.5), pause):
+        events.append(chunk)
+    assert events == [b"a", "pause 0.5", b"b", "pause 0.5", b"c"]
+
+
+def test_paced_makes_each_chunk_only_after_its_pause():
+    events = []
+
+    def chunks():
+        for name in ("a", "b"):
+            events.append(f"make {name}")
+            yield name.encode()
+
+    def pause(seconds):
         events.append("pause")
         return True
 
-    for chunk in paced(iter([b"a", b"b", b"c"]), pause):
-        events.append(chunk)
-    assert events == [b"a", "pause", b"b", "pause", b"c"]
+    list(paced(chunks(), Pace(items=2, pause_s=1.0), pause))
+    assert events == ["make a", "pause", "make b"]
 
 
-def test_paced_stops_when_pause_says_so():
+def test_paced_stops_when_pause_says_so_and_makes_nothing_more():
     made = []
 
     def blocks():
@@ -103,8 +130,113 @@ def test_paced_stops_when_pause_says_so():
             made.append(block)
             yield block
 
-    assert list(paced(blocks(), lambda: False)) == [b"a"]
-    assert made == [b"a", b"b"], "at most one block is made past the stop"
+    assert list(paced(blocks(), Pace(items=3, pause_s=1.0), lambda seconds: False)) == [b"a"]
+    assert made == [b"a"]
+
+
+@pytest.mark.parametrize(
+    "pause_s, expected",
+    [
+        # (pause, what is yielded and asked for between two chunks)
+        (10.0, ["pause 10.0"]),
+        (15.0, ["pause 15.0"]),  # the chunk itself comes 15 s after the last byte
+        (30.0, ["pause 15.0", b"hb", "pause 15.0"]),
+        (31.0, ["pause 15.0", b"hb", "pause 15.0", b"hb", "pause 1.0"]),
+    ],
+)
+def test_a_long_pause_is_taken_in_slices_with_a_heartbeat_after_each(pause_s, expected):
+    events = []
+
+    def pause(seconds):
+        events.append(f"pause {seconds}")
+        return True
+
+    pace = Pace(items=2, pause_s=pause_s, heartbeat=b"hb", heartbeat_every_s=15.0)
+    for chunk in paced(iter([b"a", b"b"]), pace, pause):
+        events.append(chunk)
+    assert events == [b"a", *expected, b"b"]
+
+
+def test_a_hang_up_during_a_heartbeat_slice_stops_the_stream():
+    answers = iter([True, False])
+    pace = Pace(items=2, pause_s=40.0, heartbeat=b"hb", heartbeat_every_s=15.0)
+    assert list(paced(iter([b"a", b"b"]), pace, lambda seconds: next(answers))) == [b"a", b"hb"]
+
+
+# --- SSE and NDJSON --------------------------------------------------------------------------
+
+SSE_EVENT = re.compile(rb"id: (\d+)\nevent: block\ndata: ([a-z]*)\n\n")
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 1024, POOL_BYTES, POOL_BYTES + 1])
+def test_an_sse_event_carries_its_id_and_block_size_letters(block_size):
+    events = list(sse_events(3, block_size))
+    parsed = [SSE_EVENT.fullmatch(event) for event in events]
+    assert all(parsed), events[0][:80]
+    assert [int(match[1]) for match in parsed] == [1, 2, 3]
+    assert all(len(match[2]) == block_size for match in parsed)
+
+
+def test_sse_events_resume_after_the_last_id_the_client_has():
+    assert [SSE_EVENT.fullmatch(e)[1] for e in sse_events(5, 4, after_id=3)] == [b"4", b"5"]
+    assert list(sse_events(5, 4, after_id=5)) == []
+
+
+def test_consecutive_sse_events_carry_different_letters_unless_static():
+    random_data = [SSE_EVENT.fullmatch(event)[2] for event in sse_events(500, 64)]
+    assert all(first != second for first, second in zip(random_data, random_data[1:]))
+    static_data = {SSE_EVENT.fullmatch(event)[2] for event in sse_events(50, 64, static=True)}
+    assert static_data == {static_block(69)[:64]}
+
+
+@pytest.mark.parametrize(
+    "sleep_ms, retry_ms", [(0, 1000), (250, 1000), (1000, 1000), (31_000, 31_000)]
+)
+def test_the_retry_field_is_the_pause_and_at_least_a_second(sleep_ms, retry_ms):
+    assert sse_retry_ms(sleep_ms) == retry_ms
+    assert sse_retry(retry_ms) == b"retry: %d\n\n" % retry_ms
+
+
+def fixed_clock(t_ms=1_700_000_000_000):
+    return lambda: t_ms
+
+
+@pytest.mark.parametrize(
+    "nblocks, block_size",
+    [(1, 40), (9, 40), (10, 41), (12, 64), (100, 42), (1000, 1024), (3, POOL_BYTES + 10)],
+)
+def test_every_ndjson_line_is_one_json_object_of_exactly_block_size_bytes(nblocks, block_size):
+    lines = list(ndjson_lines(nblocks, block_size, fixed_clock()))
+    assert [len(line) for line in lines] == [block_size] * nblocks
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+    objects = [json.loads(line) for line in lines]
+    assert [obj["seq"] for obj in objects] == list(range(1, nblocks + 1))
+    assert all(obj["t_ms"] == 1_700_000_000_000 for obj in objects)
+    assert all(re.fullmatch("[a-z]*", obj["pad"]) for obj in objects)
+
+
+def test_the_shortest_ndjson_line_has_an_empty_pad_for_the_widest_seq():
+    assert ndjson_min_line_bytes(9) == len(b'{"seq":9,"t_ms":1700000000000,"pad":""}\n') == 40
+    assert ndjson_min_line_bytes(10) == 41 and ndjson_min_line_bytes(0) == 40
+    with pytest.raises(ValueError):
+        ndjson_lines(10, 40, fixed_clock())
+
+
+def test_an_ndjson_line_is_stamped_when_it_is_made():
+    ticks = iter(range(1_700_000_000_000, 1_700_000_000_100, 10))
+    lines = ndjson_lines(3, 64, lambda: next(ticks))
+    assert [json.loads(line)["t_ms"] for line in lines] == [
+        1_700_000_000_000,
+        1_700_000_000_010,
+        1_700_000_000_020,
+    ]
+
+
+@pytest.mark.parametrize("t_ms", [0, 123, 99_999_999_999_999])
+def test_an_ndjson_line_keeps_its_size_whatever_the_clock_says(t_ms):
+    lines = list(ndjson_lines(3, 60, fixed_clock(t_ms)))
+    assert [len(line) for line in lines[:2]] == [60, 60]
+    assert all(json.loads(line)["t_ms"] == t_ms for line in lines)
 
 
 def parse_csv(data: bytes) -> list[list[str]]:

@@ -1,5 +1,8 @@
 """The page at `/`, in a real headless Chromium: a person starts a stream and watches it arrive.
 
+HTML blocks and NDJSON lines are read with fetch; SSE events with Chromium's own EventSource,
+reconnects included, directly and through nginx.
+
 Debian's chromium (`make test` installs it), driven by Playwright from PyPI; Playwright's own
 browser downloads are never used. Every test fails on a console error, an uncaught exception
 or a Content-Security-Policy violation: the page must work under its CSP as served.
@@ -47,7 +50,9 @@ COUNT_RECEIVED_PIXELS = """
 
 SNAPSHOT = """
 () => ({
-  bytes: Number(document.getElementById("bytes").dataset.value),
+  received: Number(document.getElementById("received").dataset.value),
+  unit: document.getElementById("unit").innerText,
+  reconnects: document.getElementById("reconnects").innerText,
   total: Number(document.getElementById("total").dataset.value),
   points: Number(document.getElementById("chart").dataset.points),
   state: document.getElementById("verdict").dataset.state,
@@ -101,8 +106,11 @@ def assert_no_troubles(page, *allowed: str):
     assert page.troubles.unexpected(*allowed) == []
 
 
-def start_stream(page, base_url: str, nblocks: int, block_size: int, sleep_ms: int):
+def start_stream(
+    page, base_url: str, nblocks: int, block_size: int, sleep_ms: int, shape: str = "html"
+):
     page.goto(f"{base_url}/")
+    page.get_by_label("shape").select_option(shape)
     page.get_by_label("nblocks").fill(str(nblocks))
     page.get_by_label("block_size").fill(str(block_size))
     page.get_by_label("sleep_ms").fill(str(sleep_ms))
@@ -130,19 +138,20 @@ def test_a_direct_stream_is_drawn_as_it_arrives_and_the_page_says_it_streams(
     start_stream(page, f"http://127.0.0.1:{server.port}", nblocks=8, block_size=2048, sleep_ms=400)
 
     # While the stream runs (8 blocks, 400 ms apart: 2.8 s), the counters and chart move.
-    early = wait_for(page, lambda s: s["bytes"] > 0)
+    early = wait_for(page, lambda s: s["received"] > 0)
     assert early["state"] == "running", early
-    assert early["total"] == 8 * 2048 and 0 < early["bytes"] < early["total"]
+    assert early["total"] == 8 * 2048 and 0 < early["received"] < early["total"]
     assert early["points"] >= 1
     assert page.evaluate(COUNT_RECEIVED_PIXELS) > 0, "the chart drew nothing in its colour"
-    later = wait_for(page, lambda s: s["bytes"] > early["bytes"])
-    assert later["state"] == "running" and later["bytes"] < later["total"], later
+    later = wait_for(page, lambda s: s["received"] > early["received"])
+    assert later["state"] == "running" and later["received"] < later["total"], later
     assert later["points"] > early["points"]
     assert later["rate"].endswith("/s")
 
     done = wait_for(page, finished)
     assert done["state"] == "streams", done
-    assert done["bytes"] == done["total"] == 8 * 2048 and done["points"] >= 8
+    assert done["received"] == done["total"] == 8 * 2048 and done["points"] >= 8
+    assert done["unit"] == "bytes" and done["reconnects"] == "–"
     assert "STREAMS" in done["verdict"]
     assert re.search(r"[67] of the 7 pauses between blocks came through", done["verdict"])
     assert done["queue"] == "–"  # nothing stamped X-Request-Start: the app reports no queue
@@ -159,7 +168,34 @@ def test_a_direct_stream_is_drawn_as_it_arrives_and_the_page_says_it_streams(
         here + "streamhtml",
     }
 
-    # The README shows this: a finished stream, its chart and its verdict.
+
+def requests_to(page, path: str) -> list[str]:
+    return [url for url in page.requested if url.split("?")[0].endswith(path)]
+
+
+def test_a_direct_sse_stream_is_counted_in_events_and_the_page_says_it_streams(
+    page, server, tmp_path
+):
+    base_url = f"http://127.0.0.1:{server.port}"
+    start_stream(page, base_url, nblocks=8, block_size=64, sleep_ms=400, shape="sse")
+
+    early = wait_for(page, lambda s: s["received"] > 0)
+    assert early["state"] == "running" and early["unit"] == "events", early
+    assert early["total"] == 8 and 0 < early["received"] < 8
+    later = wait_for(page, lambda s: s["received"] > early["received"])
+    assert later["state"] == "running" and later["rate"].endswith("events/s"), later
+
+    done = wait_for(page, finished)
+    assert done["state"] == "streams", done
+    assert done["received"] == done["total"] == 8 and done["points"] == 8
+    assert re.search(r"[67] of the 7 pauses between events came through", done["verdict"])
+    assert "STREAMS: the events arrived" in done["verdict"] and "byte" not in done["verdict"]
+    assert done["reconnects"] == "0"
+    assert page.locator("#ttfb-label").inner_text() == "First event after"
+    chart_label = page.get_by_role("img").get_attribute("aria-label")
+    assert re.search(r"8 events in 8 reads over 2\.\d+ s\. STREAMS", chart_label)
+
+    # The README shows this: a finished SSE stream, its chart and its verdict.
     screenshot = README_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "page.png"
     screenshot.parent.mkdir(exist_ok=True)
     bottom = page.locator("#verdict").bounding_box()
@@ -167,11 +203,42 @@ def test_a_direct_stream_is_drawn_as_it_arrives_and_the_page_says_it_streams(
     page.screenshot(path=screenshot, clip=clip, full_page=True)
     assert screenshot.stat().st_size > 10_000
 
+    # The service ended the stream after event 8; the page closed its EventSource at once,
+    # so it never reconnects (its retry is 1 s).
+    time.sleep(1.5)
+    assert len(requests_to(page, "/sse")) == 1, page.requested
+    assert_no_troubles(page)
+
+
+def test_a_direct_ndjson_stream_is_counted_in_lines(page, server):
+    base_url = f"http://127.0.0.1:{server.port}"
+    start_stream(page, base_url, nblocks=5, block_size=100, sleep_ms=300, shape="ndjson")
+    done = wait_for(page, finished)
+    assert done["state"] == "streams", done
+    assert (done["received"], done["total"], done["unit"]) == (5, 5, "lines")
+    assert "4 of the 4 pauses between lines came through" in done["verdict"]
+    assert len(requests_to(page, "/ndjson")) == 1
+    assert_no_troubles(page)
+
+
+# nginx compresses text/html alone unless told more: these proxies compress every shape.
+GZIP_TYPES = ("text/event-stream", "application/x-ndjson")
+
 
 @pytest.fixture(scope="module")
 def buffering_nginx(server, tmp_path_factory):
     """gzip on and the app's `X-Accel-Buffering: no` ignored: nginx holds the stream."""
-    nginx = Nginx(tmp_path_factory.mktemp("nginx-page"), server.port, False).start()
+    directory = tmp_path_factory.mktemp("nginx-page")
+    nginx = Nginx(directory, server.port, False, gzip_types=GZIP_TYPES).start()
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def honouring_nginx(server, tmp_path_factory):
+    """gzip on for every shape, the app's `X-Accel-Buffering: no` honoured."""
+    directory = tmp_path_factory.mktemp("nginx-page-honouring")
+    nginx = Nginx(directory, server.port, gzip_types=GZIP_TYPES).start()
     yield nginx
     nginx.stop()
 
@@ -179,12 +246,60 @@ def buffering_nginx(server, tmp_path_factory):
 def test_through_a_buffering_proxy_the_page_says_buffered(page, buffering_nginx):
     start_stream(page, buffering_nginx.url, nblocks=6, block_size=1024, sleep_ms=300)
     running = page.evaluate(SNAPSHOT)
-    assert running["state"] == "running" and running["bytes"] == 0, running
+    assert running["state"] == "running" and running["received"] == 0, running
     done = wait_for(page, finished)
     assert done["state"] == "buffered", done
     assert "BUFFERED" in done["verdict"] and "5 of the 5 pauses" in done["verdict"]
-    assert done["bytes"] == 6 * 1024
+    assert done["received"] == 6 * 1024
     assert_no_troubles(page)
+
+
+def test_event_source_through_a_gzip_nginx_that_honours_the_header_streams(page, honouring_nginx):
+    start_stream(page, honouring_nginx.url, nblocks=6, block_size=1024, sleep_ms=300, shape="sse")
+    done = wait_for(page, finished)
+    assert done["state"] == "streams", done
+    assert "5 of the 5 pauses between events came through" in done["verdict"]
+    assert done["received"] == 6 and done["reconnects"] == "0"
+    assert_no_troubles(page)
+
+
+def test_event_source_through_a_buffering_gzip_nginx_says_buffered(page, buffering_nginx):
+    start_stream(page, buffering_nginx.url, nblocks=6, block_size=1024, sleep_ms=300, shape="sse")
+    done = wait_for(page, finished)
+    assert done["state"] == "buffered", done
+    assert "5 of the 5 pauses between events were missing" in done["verdict"]
+    assert done["received"] == 6
+    assert_no_troubles(page)
+
+
+@pytest.fixture
+def impatient_nginx(server, tmp_path):
+    """An nginx that cuts a response after 1 s without a byte, as idle-timeout balancers do."""
+    nginx = Nginx(tmp_path / "nginx", server.port, gzip=False, read_timeout_s=1)
+    yield nginx.start()
+    nginx.stop()
+
+
+def test_event_source_reconnects_after_each_cut_and_counts_each_event_once(page, impatient_nginx):
+    # Each 1.5 s pause is cut after 1 s. The EventSource reconnects after the retry delay the
+    # stream gave (its pause, 1.5 s) with Last-Event-ID, and the service resumes after it.
+    start_stream(page, impatient_nginx.url, nblocks=3, block_size=16, sleep_ms=1500, shape="sse")
+    done = wait_for(page, finished, timeout_s=20)
+    assert done["state"] == "streams", done
+    assert done["received"] == 3 and done["reconnects"] == "2", done
+    assert len(requests_to(page, "/sse")) == 3
+    # Chromium reports each cut stream on the console; nothing else may be there.
+    assert_no_troubles(page, "net::ERR_INCOMPLETE_CHUNKED_ENCODING")
+
+
+def test_a_refused_event_source_shows_the_services_reason(page, server):
+    base_url = f"http://127.0.0.1:{server.port}"
+    start_stream(page, base_url, nblocks=4, block_size=16, sleep_ms=999999, shape="sse")
+    done = wait_for(page, finished)
+    assert done["state"] == "error", done
+    assert "HTTP 400" in done["verdict"] and "sleep_ms must be" in done["verdict"]
+    # Chromium logs the refused EventSource and the 400 fetch as console errors.
+    assert_no_troubles(page, "status of 400", "EventSource")
 
 
 def test_a_refused_request_shows_the_services_reason(page, server):
@@ -211,6 +326,7 @@ def test_the_page_judges_as_the_probe_does(page, server, pacing, arrivals, verdi
                 "nblocks": pacing.nblocks,
                 "blockSize": pacing.block_size,
                 "sleepMs": pacing.sleep_ms,
+                "shape": pacing.shape.name,
             },
         ],
     )

@@ -2,10 +2,17 @@
 
 import pytest
 from bad_input import BAD_NUMBERS
-from werkzeug.datastructures import MultiDict
+from werkzeug.datastructures import Headers, MultiDict
 
 from streamhtml.numbers import parse_bounded
-from streamhtml.params import BadParameter, parse_csv_request, parse_stream_request
+from streamhtml.params import (
+    BadHeader,
+    BadParameter,
+    parse_csv_request,
+    parse_last_event_id,
+    parse_ndjson_request,
+    parse_stream_request,
+)
 from streamhtml.settings import small_limits
 
 SMALL_LIMITS = small_limits()
@@ -70,3 +77,69 @@ def test_csv_rows_and_seed_are_bounded():
     for args in ({"rows": "5001"}, {"seed": "4294967296"}):
         with pytest.raises(BadParameter):
             parse_csv_request(MultiDict(args), SMALL_LIMITS)
+
+
+@pytest.mark.parametrize(
+    "query, headers, expected",
+    [
+        ({}, {}, None),
+        ({"last_event_id": "0"}, {}, 0),
+        ({"last_event_id": "4"}, {}, 4),
+        ({}, {"Last-Event-ID": "5"}, 5),
+        # An EventSource reconnects to the URL it opened, with the newer id in the header.
+        ({"last_event_id": "1"}, {"Last-Event-ID": "3"}, 3),
+    ],
+)
+def test_the_last_event_id_comes_from_the_header_else_the_query(query, headers, expected):
+    assert parse_last_event_id(MultiDict(query), Headers(headers), nblocks=5) == expected
+
+
+@pytest.mark.parametrize(
+    "query, headers, refused, named",
+    [
+        ({"last_event_id": "6"}, {}, BadParameter, "last_event_id"),
+        ({"last_event_id": "-1"}, {}, BadParameter, "last_event_id"),
+        ({}, {"Last-Event-ID": "6"}, BadHeader, "Last-Event-ID"),
+        ({}, {"Last-Event-ID": "abc"}, BadHeader, "Last-Event-ID"),
+        ({}, {"Last-Event-ID": ""}, BadHeader, "Last-Event-ID"),
+        ({}, [("Last-Event-ID", "1"), ("Last-Event-ID", "2")], BadHeader, "Last-Event-ID"),
+        # A bad query value is refused even when the header would win.
+        ({"last_event_id": "x"}, {"Last-Event-ID": "2"}, BadParameter, "last_event_id"),
+    ],
+)
+def test_a_last_event_id_out_of_0_to_nblocks_is_refused_naming_it(query, headers, refused, named):
+    with pytest.raises(refused) as caught:
+        parse_last_event_id(MultiDict(query), Headers(headers), nblocks=5)
+    assert caught.value.parameter == named
+
+
+# A header value cannot carry a line break; every other malformed number can come in one.
+BAD_HEADER_NUMBERS = {case: text for case, text in BAD_NUMBERS.items() if "\n" not in text}
+
+
+@pytest.mark.parametrize("text", BAD_HEADER_NUMBERS.values(), ids=BAD_HEADER_NUMBERS.keys())
+def test_a_malformed_last_event_id_header_is_refused(text):
+    with pytest.raises(BadHeader):
+        parse_last_event_id(MultiDict(), Headers({"Last-Event-ID": text}), nblocks=10**6)
+
+
+@pytest.mark.parametrize(
+    "nblocks, shortest", [("1", 40), ("9", 40), ("10", 41), ("99", 41), ("100", 42), ("1000", 43)]
+)
+def test_an_ndjson_block_size_must_hold_the_widest_line(nblocks, shortest):
+    wanted = parse_ndjson_request(
+        MultiDict({"nblocks": nblocks, "block_size": str(shortest)}), SMALL_LIMITS
+    )
+    assert wanted.block_size == shortest
+    with pytest.raises(BadParameter) as refused:
+        parse_ndjson_request(
+            MultiDict({"nblocks": nblocks, "block_size": str(shortest - 1)}), SMALL_LIMITS
+        )
+    assert refused.value.parameter == "block_size"
+    assert f"at least {shortest} bytes for nblocks={nblocks}" in refused.value.detail
+
+
+def test_ndjson_takes_the_limits_of_streamhtml():
+    with pytest.raises(BadParameter) as refused:
+        parse_ndjson_request(MultiDict({"nblocks": "3", "sleep_ms": "2000"}), SMALL_LIMITS)
+    assert refused.value.parameter == "sleep_ms"

@@ -18,22 +18,28 @@ import pytest
 from forward_proxy import ForwardProxy, Relay
 from nginx_support import Nginx
 from support import REPO, free_port
-from verdict_cases import SERVER_TIMINGS, TEN_PACED, VERDICTS
+from verdict_cases import SERVER_TIMINGS, SIX_EVENTS, TEN_PACED, VERDICTS
 
 from streamhtml.probe import (
     BUFFERED,
+    HTML,
+    NDJSON,
+    SSE,
     STREAMS,
     UNKNOWN,
+    NdjsonReader,
     Pacing,
     ProbeError,
     Proxy,
     Request,
+    SseReader,
     Target,
     judge,
     parse_header,
     parse_proxy,
     platform_queue_ms,
     proxy_for,
+    request_for,
     request_headers,
     route_lines,
     summarize,
@@ -186,10 +192,15 @@ def shown_header(output: str, name: str) -> str | None:
     return found.group(1) if found else None
 
 
+# nginx compresses text/html alone unless told more: these proxies compress every shape.
+GZIP_TYPES = ("text/event-stream", "application/x-ndjson")
+
+
 @pytest.fixture(scope="module")
 def buffering_nginx(server, tmp_path_factory):
     """gzip on, `proxy_ignore_headers X-Accel-Buffering`, proxy_buffering left on."""
-    nginx = Nginx(tmp_path_factory.mktemp("nginx-buffering"), server.port, False).start()
+    directory = tmp_path_factory.mktemp("nginx-buffering")
+    nginx = Nginx(directory, server.port, False, gzip_types=GZIP_TYPES).start()
     yield nginx
     nginx.stop()
 
@@ -197,7 +208,8 @@ def buffering_nginx(server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def honouring_nginx(server, tmp_path_factory):
     """gzip on, but the app's `X-Accel-Buffering: no` honoured: nginx passes blocks through."""
-    nginx = Nginx(tmp_path_factory.mktemp("nginx-honouring"), server.port, True).start()
+    directory = tmp_path_factory.mktemp("nginx-honouring")
+    nginx = Nginx(directory, server.port, True, gzip_types=GZIP_TYPES).start()
     yield nginx
     nginx.stop()
 
@@ -580,3 +592,164 @@ def test_an_unpaced_stream_in_8_kib_pieces_is_unknown_never_buffered(server, sta
     # As gorouter sends it: many 200-byte blocks to a chunk, none over 8 KiB.
     assert sum(proxy.chunk_sizes) == 200_000
     assert len(proxy.chunk_sizes) < 100 and 4096 < max(proxy.chunk_sizes) <= 8192
+
+
+# --- shapes: SSE and NDJSON ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, shape, expected, shape_found",
+    [
+        ("https://app.example", "sse", "https://app.example/sse", SSE),
+        ("https://app.example/team/", "ndjson", "https://app.example/team/ndjson", NDJSON),
+        ("https://app.example/sse", None, "https://app.example/sse", SSE),
+        ("https://app.example/ndjson", "ndjson", "https://app.example/ndjson", NDJSON),
+        ("https://app.example/x/streamhtml", "html", "https://app.example/x/streamhtml", HTML),
+        ("https://app.example/x", None, "https://app.example/x/streamhtml", HTML),
+    ],
+)
+def test_the_shape_picks_the_endpoint_named_or_the_one_in_the_url(
+    url, shape, expected, shape_found
+):
+    target, pacing = target_for(url, shape=shape)
+    assert target.url == f"{expected}?nblocks=10&block_size=1024&sleep_ms=300"
+    assert pacing.shape is shape_found
+
+
+def test_a_shape_that_contradicts_the_url_is_an_error():
+    with pytest.raises(ProbeError, match="--shape sse asks for /sse"):
+        target_for("https://app.example/ndjson", shape="sse")
+
+
+@pytest.mark.parametrize(
+    "shape, accept",
+    [(None, "text/html"), ("sse", "text/event-stream"), ("ndjson", "application/x-ndjson")],
+)
+def test_the_probe_accepts_what_the_shape_sends(shape, accept):
+    target, pacing = target_for("http://app.example", shape=shape)
+    assert request_for(target, accept=pacing.shape.accept).header("Accept") == accept
+
+
+def test_a_verdict_on_events_counts_events_not_bytes():
+    reasons = " ".join(judge([(1.55, 6)], SIX_EVENTS).reasons)
+    assert "5 of the 5 pauses between events were missing" in reasons
+    assert "100% of the events arrived in one burst" in reasons
+    assert "the first event came only after 1.55 s" in reasons
+    assert "byte" not in reasons and "block" not in reasons
+
+
+SSE_STREAM = (
+    b"retry: 1000\n\n"
+    b"id: 1\nevent: block\ndata: abc\n\n"
+    b": keep-alive\n\n"
+    b"id: 2\r\nevent: block\r\ndata: def\r\n\r\n"
+    b"id: 3\nevent: block\ndata:\n\n"
+)
+
+
+@pytest.mark.parametrize("read_bytes", [1, 2, 7, len(SSE_STREAM)])
+def test_sse_events_are_counted_as_they_complete_whatever_the_reads(read_bytes):
+    reader = SseReader()
+    reads = [SSE_STREAM[at : at + read_bytes] for at in range(0, len(SSE_STREAM), read_bytes)]
+    counted = [reader.feed(data, at_s=index) for index, data in enumerate(reads)]
+    assert sum(counted) == 3 and reader.events == 3
+    assert (reader.comments, reader.retry_ms, reader.wrong_id) == (1, 1000, None)
+    # An event counts in the read that brings the last byte of its blank line, not before.
+    ends = [
+        SSE_STREAM.index(b"abc\n\n") + 4,
+        SSE_STREAM.index(b"def\r\n\r\n") + 6,
+        len(SSE_STREAM) - 1,
+    ]
+    assert counted == [
+        sum(1 for end in ends if end // read_bytes == index) for index in range(len(reads))
+    ]
+    assert reader.mismatch(Pacing(3, 3, 300, SSE), None) is None
+
+
+def test_sse_events_out_of_order_or_missing_are_a_mismatch():
+    reader = SseReader()
+    reader.feed(b"id: 1\ndata: a\n\nid: 3\ndata: a\n\n", 0.1)
+    assert reader.mismatch(Pacing(3, 1, 300, SSE), None) == "expected 3 events, got 2"
+    assert reader.mismatch(Pacing(2, 1, 300, SSE), None) == (
+        "expected ids 1 to 2 in order, but event 2 had id 3"
+    )
+
+
+def ndjson_line(seq: int, t_ms: int, size: int = 60) -> bytes:
+    head = b'{"seq":%d,"t_ms":%d,"pad":"' % (seq, t_ms)
+    return head + b"x" * (size - len(head) - 3) + b'"}\n'
+
+
+def test_ndjson_lateness_is_each_lines_transit_less_the_first_lines():
+    reader = NdjsonReader(block_size=60)
+    body = ndjson_line(1, 1_700_000_000_000) + ndjson_line(2, 1_700_000_000_300)
+    # The second line split over two reads: it counts once whole, at 0.9 s.
+    assert reader.feed(body[:70], 0.5) == 1
+    assert reader.feed(body[70:] + ndjson_line(3, 1_700_000_000_600), 0.9) == 2
+    # Sent 300 and 600 ms after the first; both arrived 400 ms after it.
+    assert reader.lateness_ms() == pytest.approx([0.0, 100.0, -200.0])
+    assert reader.mismatch(Pacing(3, 60, 300, NDJSON), None) is None
+    assert "+100.0 ms" in "\n".join(reader.section_lines())
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (ndjson_line(1, 1) + ndjson_line(3, 1), "line 2 is not a JSON object of 60 bytes"),
+        (ndjson_line(1, 1) + ndjson_line(2, 1, size=61), "line 2 is not a JSON object"),
+        (ndjson_line(1, 1) + b"not json" + b" " * 51 + b"\n", "line 2 is not a JSON object"),
+        (ndjson_line(1, 1) + ndjson_line(2, 1)[:-1], "the body ended inside line 2"),
+        (ndjson_line(1, 1), "expected 2 lines, got 1"),
+    ],
+)
+def test_an_ndjson_line_that_is_not_as_asked_is_a_mismatch(body, problem):
+    reader = NdjsonReader(block_size=60)
+    reader.feed(body, 0.1)
+    assert reader.mismatch(Pacing(2, 60, 300, NDJSON), None).startswith(problem)
+
+
+def test_a_probe_of_sse_counts_events_and_says_it_streams(server):
+    run = probe(f"http://127.0.0.1:{server.port}", "--shape", "sse", *QUICK, "--block-size", "32")
+    assert run.returncode == 0, run.stdout + run.stderr
+    asked = f"GET http://127.0.0.1:{server.port}/sse?nblocks=4&block_size=32&sleep_ms=200"
+    assert asked in run.stdout
+    assert "expects  4 events of 32 letters, 200 ms apart" in run.stdout
+    assert "\nevents         4 events, ids 1 to 4 in order; retry: 1000 ms; " in run.stdout
+    assert "0 keep-alive comments (not counted)" in run.stdout
+    assert "timeline: events arrived per 200 ms" in run.stdout
+    assert "verdict: STREAMS" in run.stdout and "3 of the 3 pauses between events" in run.stdout
+
+
+def test_a_probe_of_ndjson_reports_the_lateness_of_each_line(server):
+    run = probe(f"http://127.0.0.1:{server.port}/ndjson", *QUICK, "--block-size", "64")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "\nlines          4 lines, seq 1 to 4 in order, 64 bytes each\n" in run.stdout
+    rows = re.findall(r"^ +(\d) +(\d+) ms +(\d+) ms +([+-]\d+\.\d) ms$", run.stdout, re.M)
+    assert [int(seq) for seq, *_ in rows] == [1, 2, 3, 4], run.stdout
+    assert all(abs(float(late)) < 100 for *_, late in rows)
+    assert all(190 <= int(sent) - int(rows[k][1]) < 400 for k, (_, sent, *_) in enumerate(rows[1:]))
+    assert "verdict: STREAMS" in run.stdout and "pauses between lines came through" in run.stdout
+
+
+def test_a_probe_of_sse_that_gets_fewer_events_than_asked_is_an_error(server):
+    # Resuming after event 2, the service sends events 3 and 4 alone.
+    run = probe(f"http://127.0.0.1:{server.port}/sse", *QUICK, "-H", "Last-Event-ID: 2")
+    assert_one_line_error(run, "expected 4 events, got 2")
+
+
+@pytest.mark.parametrize("shape, items", [("sse", "events"), ("ndjson", "lines")])
+def test_through_a_buffering_nginx_events_and_lines_are_buffered(buffering_nginx, shape, items):
+    run = probe(buffering_nginx.url, "--shape", shape, "--nblocks", "6", "--sleep-ms", "250")
+    assert run.returncode == 1, run.stdout + run.stderr + buffering_nginx.log()
+    assert shown_header(run.stdout, "Content-Encoding") == "gzip"
+    assert f"5 of the 5 pauses between {items} were missing" in run.stdout
+
+
+@pytest.mark.parametrize("shape, items", [("sse", "events"), ("ndjson", "lines")])
+def test_through_an_nginx_honouring_the_header_events_and_lines_stream(
+    honouring_nginx, shape, items
+):
+    run = probe(honouring_nginx.url, "--shape", shape, "--nblocks", "6", "--sleep-ms", "250")
+    assert run.returncode == 0, run.stdout + run.stderr + honouring_nginx.log()
+    assert shown_header(run.stdout, "Content-Encoding") == "gzip"
+    assert "verdict: STREAMS" in run.stdout and f"pauses between {items} came through" in run.stdout

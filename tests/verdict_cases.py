@@ -5,9 +5,12 @@ verdict the probe (streamhtml/probe.py) and the page (static/page.js) must both 
 SERVER_TIMINGS: Server-Timing header values, with the platform queue time both must read.
 """
 
-from streamhtml.probe import BUFFERED, STREAMS, UNKNOWN, Pacing
+from streamhtml.probe import BUFFERED, NDJSON, SSE, STREAMS, UNKNOWN, Pacing
 
 TEN_PACED = Pacing(nblocks=10, block_size=1024, sleep_ms=300)
+# For events and lines the arrivals count whole items, not bytes.
+SIX_EVENTS = Pacing(nblocks=6, block_size=64, sleep_ms=300, shape=SSE)
+SIX_LINES = Pacing(nblocks=6, block_size=64, sleep_ms=300, shape=NDJSON)
 
 
 def paced(pacing: Pacing, start_s=0.005, jitter=(), nbytes=None):
@@ -19,10 +22,10 @@ def paced(pacing: Pacing, start_s=0.005, jitter=(), nbytes=None):
     ]
 
 
-def bunched(pacing: Pacing, every: int):
+def bunched(pacing: Pacing, every: int, nitems=None):
     """Blocks released `every` at a time, as a proxy with a buffer of that many blocks gives."""
     return [
-        (0.005 + (k // every + 1) * every * pacing.sleep_ms / 1000, pacing.block_size)
+        (0.005 + (k // every + 1) * every * pacing.sleep_ms / 1000, nitems or pacing.block_size)
         for k in range(pacing.nblocks)
     ]
 
@@ -119,6 +122,21 @@ VERDICTS = [
     ("was asked for pauses shorter than jitter", Pacing(10, 1024, 20), [(0.01, 10240)], UNKNOWN),
     ("was asked for one block", Pacing(1, 1024, 300), [(0.01, 1024)], UNKNOWN),
     ("sent no body at all", TEN_PACED, [], UNKNOWN),
+    # Events and lines: an arrival is how many whole ones came in a read.
+    ("passes each event through", SIX_EVENTS, paced(SIX_EVENTS, nbytes=1), STREAMS),
+    ("holds every event to the end", SIX_EVENTS, [(1.55, 6)], BUFFERED),
+    ("releases events two at a time", SIX_EVENTS, bunched(SIX_EVENTS, 2, nitems=1), BUFFERED),
+    (
+        "is slow to start (1.5 s to the first event) but keeps the pauses",
+        SIX_EVENTS,
+        paced(SIX_EVENTS, start_s=1.5, nbytes=1),
+        STREAMS,
+    ),
+    ("sent no events at all", SIX_EVENTS, [], UNKNOWN),
+    ("was asked for one event", Pacing(1, 64, 300, SSE), [(0.01, 1)], UNKNOWN),
+    ("passes each line through", SIX_LINES, paced(SIX_LINES, nbytes=1), STREAMS),
+    ("holds every line, then sends them late", SIX_LINES, [(2.9, 6)], BUFFERED),
+    ("was asked for unpaced lines", Pacing(6, 64, 0, NDJSON), [(0.01, 6)], UNKNOWN),
 ]
 
 

@@ -1,11 +1,13 @@
-// streamhtml's live page: start a paced stream with fetch, read it read by read from its
-// ReadableStream, chart the bytes against time as they arrive, and say at the end whether
-// something between this browser and the service buffered it. It also shows the platform
-// queue time the app reports in its Server-Timing header.
+// streamhtml's live page: start a paced stream, chart what arrives against time, and say at
+// the end whether something between this browser and the service buffered it. HTML blocks and
+// NDJSON lines are read with fetch, read by read from the ReadableStream; SSE events with the
+// browser's own EventSource, reconnects included. It also shows the platform queue time the
+// app reports in its Server-Timing header (fetch only: an EventSource shows no headers).
 //
 // The verdict follows the same rules, with the same thresholds, as streamhtml/probe.py. It is
 // judged on arrival times, never on the number of reads: proxies may re-chunk a stream (gorouter
-// sends an unpaced one in about 8 KiB pieces) without holding it back.
+// sends an unpaced one in about 8 KiB pieces) without holding it back. For HTML it counts bytes;
+// for SSE and NDJSON whole events and lines.
 "use strict";
 
 (() => {
@@ -17,7 +19,37 @@
   const RATE_WINDOW_S = 1.0; // the current rate: bytes over the last second
   const MAX_DOTS = 2000; // beyond this many reads the chart draws the line alone
 
-  // arrivals: [[seconds since the request, bytes], ...]; pacing: {nblocks, blockSize, sleepMs}
+  // What each shape streams, where it is asked for, and what the verdict counts in it: as
+  // probe.py's SHAPES, so both word their verdicts alike.
+  const SHAPES = {
+    html: {
+      path: "streamhtml",
+      items: "blocks",
+      counted: "bytes",
+      countedOne: "byte",
+      nothing: "no body bytes",
+    },
+    sse: {
+      path: "sse",
+      items: "events",
+      counted: "events",
+      countedOne: "event",
+      nothing: "no events",
+    },
+    ndjson: {
+      path: "ndjson",
+      items: "lines",
+      counted: "lines",
+      countedOne: "line",
+      nothing: "no lines",
+    },
+  };
+  const shapeOf = (pacing) => SHAPES[pacing.shape || "html"];
+  // What one item adds to the count: a block's bytes, or one event or line.
+  const perItem = (pacing) => (shapeOf(pacing) === SHAPES.html ? pacing.blockSize : 1);
+
+  // arrivals: [[seconds since the request, bytes (or events, lines)], ...];
+  // pacing: {nblocks, blockSize, sleepMs, shape}
   function summarize(arrivals, pacing) {
     const list = arrivals.filter(([, n]) => n > 0).sort((a, b) => a[0] - b[0]);
     if (list.length === 0) {
@@ -64,18 +96,19 @@
   }
 
   function judge(arrivals, pacing) {
+    const shape = shapeOf(pacing);
     if (pacing.nblocks < 2 || pacing.sleepMs < MIN_SLEEP_MS) {
       return {
         state: "unknown",
         reasons: [
           `nblocks=${pacing.nblocks} and sleep_ms=${pacing.sleepMs} leave no pauses to look ` +
-            `for: use at least 2 blocks and ${MIN_SLEEP_MS} ms`,
+            `for: use at least 2 ${shape.items} and ${MIN_SLEEP_MS} ms`,
         ],
       };
     }
     const line = summarize(arrivals, pacing);
     if (line.total === 0) {
-      return { state: "unknown", reasons: ["no body bytes arrived"] };
+      return { state: "unknown", reasons: [`${shape.nothing} arrived`] };
     }
     const sleepS = pacing.sleepMs / 1000;
     const pauses = pacing.nblocks - 1;
@@ -87,20 +120,20 @@
     }
     const missing = pauses - seen;
     const spreadReason =
-      `the bytes arrived over ${spread.toFixed(2)} s; paced, they take ` +
+      `the ${shape.counted} arrived over ${spread.toFixed(2)} s; paced, they take ` +
       `${pacedSpread.toFixed(2)} s (${pauses} pauses of ${pacing.sleepMs} ms)`;
     const buffered = [];
     if (missing > MOST * pauses) {
       buffered.push(
-        `${missing} of the ${pauses} pauses between blocks were missing: ` +
-          "the blocks arrived bunched together",
+        `${missing} of the ${pauses} pauses between ${shape.items} were missing: ` +
+          `the ${shape.items} arrived bunched together`,
       );
     }
     if (spread < SHORT_SPREAD * pacedSpread) buffered.push(spreadReason);
     if (line.burst * 2 > line.total) {
       buffered.push(
-        `${percent(line.burst, line.total)} of the bytes arrived in one burst, within ` +
-          `${Math.floor(pacing.sleepMs / 2)} ms, ending ${line.burstAt.toFixed(2)} s ` +
+        `${percent(line.burst, line.total)} of the ${shape.counted} arrived in one burst, ` +
+          `within ${Math.floor(pacing.sleepMs / 2)} ms, ending ${line.burstAt.toFixed(2)} s ` +
           "after the request",
       );
     }
@@ -108,15 +141,19 @@
     if (buffered.length) {
       if (late) {
         buffered.push(
-          `the first byte came only after ${line.first.toFixed(2)} s, held back with the rest`,
+          `the first ${shape.countedOne} came only after ${line.first.toFixed(2)} s, ` +
+            "held back with the rest",
         );
       }
       return { state: "buffered", reasons: buffered };
     }
-    const reasons = [`${seen} of the ${pauses} pauses between blocks came through`, spreadReason];
+    const reasons = [
+      `${seen} of the ${pauses} pauses between ${shape.items} came through`,
+      spreadReason,
+    ];
     if (late) {
       reasons.push(
-        `note: the first byte took ${line.first.toFixed(2)} s, a slow start, ` +
+        `note: the first ${shape.countedOne} took ${line.first.toFixed(2)} s, a slow start, ` +
           "but the pauses after it came through",
       );
     }
@@ -189,7 +226,10 @@
     return n.toLocaleString("en-US");
   }
 
-  function formatRate(bytesPerS) {
+  function formatRate(perS, pacing) {
+    const shape = shapeOf(pacing);
+    if (shape !== SHAPES.html) return `${perS.toFixed(1)} ${shape.counted}/s`;
+    const bytesPerS = perS;
     if (bytesPerS < 1024) return `${bytesPerS.toFixed(0)} B/s`;
     if (bytesPerS < 1024 * 1024) return `${(bytesPerS / 1024).toFixed(1)} KiB/s`;
     return `${(bytesPerS / 1024 / 1024).toFixed(1)} MiB/s`;
@@ -234,7 +274,7 @@
     const pad = { left: 64, right: 16, top: 14, bottom: 40 };
     const w = cssWidth - pad.left - pad.right;
     const h = cssHeight - pad.top - pad.bottom;
-    const total = run ? run.pacing.nblocks * run.pacing.blockSize : 0;
+    const total = run ? run.pacing.nblocks * perItem(run.pacing) : 0;
     const pacedSpread = run ? ((run.pacing.nblocks - 1) * run.pacing.sleepMs) / 1000 : 0;
     const lastT = run && run.arrivals.length ? run.arrivals[run.arrivals.length - 1][0] : 0;
     const maxT = Math.max(1, pacedSpread * 1.1, run ? run.elapsed : 0, lastT * 1.02);
@@ -257,7 +297,9 @@
       ctx.fillStyle = COLORS.muted;
       ctx.fillText(`${Number(t.toFixed(2))}`, x(t), pad.top + h + 6);
     }
-    const bStep = niceStep(maxY, 4);
+    // Events and lines are whole: no tick between two of them.
+    const items = run && perItem(run.pacing) === 1;
+    const bStep = items ? Math.max(1, niceStep(maxY, 4)) : niceStep(maxY, 4);
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
     for (let b = 0; b <= maxY + 1e-9; b += bStep) {
@@ -283,12 +325,13 @@
     ctx.translate(12, pad.top + h / 2);
     ctx.rotate(-Math.PI / 2);
     ctx.textBaseline = "middle";
-    ctx.fillText("bytes", 0, 0);
+    ctx.fillText(run ? shapeOf(run.pacing).counted : "bytes", 0, 0);
     ctx.restore();
     if (!run) return 0;
 
-    // As sent: block k leaves the service k x sleep_ms after the first.
-    const { nblocks, blockSize, sleepMs } = run.pacing;
+    // As sent: item k leaves the service k x sleep_ms after the first.
+    const { nblocks, sleepMs } = run.pacing;
+    const each = perItem(run.pacing);
     ctx.strokeStyle = COLORS.expected;
     ctx.lineWidth = 1.5;
     ctx.setLineDash([5, 4]);
@@ -296,8 +339,8 @@
     ctx.moveTo(x(0), y(0));
     for (let k = 0; k < nblocks; k += 1) {
       const t = (k * sleepMs) / 1000;
-      ctx.lineTo(x(t), y(k * blockSize));
-      ctx.lineTo(x(t), y((k + 1) * blockSize));
+      ctx.lineTo(x(t), y(k * each));
+      ctx.lineTo(x(t), y((k + 1) * each));
     }
     ctx.stroke();
     ctx.setLineDash([]);
@@ -360,32 +403,39 @@
     el.textContent = queueMs === null ? "–" : `${queueMs.toFixed(1)} ms`;
   }
 
-  const HEADLINES = {
-    streams: "STREAMS: the blocks arrived with the pauses they were sent with.",
-    buffered: "BUFFERED: something between this browser and the service held the stream back.",
-    unknown: "UNKNOWN: this pacing cannot tell streaming from buffering.",
-  };
+  function headline(state, shape) {
+    return {
+      streams: `STREAMS: the ${shape.items} arrived with the pauses they were sent with.`,
+      buffered: "BUFFERED: something between this browser and the service held the stream back.",
+      unknown: "UNKNOWN: this pacing cannot tell streaming from buffering.",
+    }[state];
+  }
 
   let current = null; // the run in progress: {pacing, arrivals, received, elapsed, ...}
 
   function readPacing() {
     const value = (id) => Number.parseInt($(id).value, 10);
-    return { nblocks: value("nblocks"), blockSize: value("block_size"), sleepMs: value("sleep_ms") };
+    return {
+      nblocks: value("nblocks"),
+      blockSize: value("block_size"),
+      sleepMs: value("sleep_ms"),
+      shape: SHAPES[$("shape").value] ? $("shape").value : "html",
+    };
   }
 
   function render() {
     const run = current;
     if (!run) return;
     run.elapsed = run.done ? run.elapsed : (performance.now() - run.t0) / 1000;
-    setCount("bytes", run.received, formatBytes(run.received));
-    setCount("reads", run.arrivals.length, String(run.arrivals.length));
+    setCount("received", run.received, formatBytes(run.received));
+    setCount("reads", run.reads, String(run.reads));
     const since = run.elapsed - RATE_WINDOW_S;
     const recent = run.arrivals.filter(([t]) => t > since).reduce((s, [, n]) => s + n, 0);
     const rate = run.done
       ? run.received / Math.max(run.elapsed, 1e-3)
       : recent / Math.min(RATE_WINDOW_S, Math.max(run.elapsed, 1e-3));
     $("rate-label").textContent = run.done ? "Average rate" : "Current rate";
-    $("rate").textContent = formatRate(rate);
+    $("rate").textContent = formatRate(rate, run.pacing);
     $("elapsed").textContent = formatSeconds(run.elapsed);
     const chart = $("chart");
     chart.dataset.points = String(drawChart(chart, run));
@@ -406,29 +456,139 @@
     }
   }
 
+  // The body read by read with fetch: bytes for HTML, whole lines for NDJSON.
+  async function readBody(run, url) {
+    const response = await fetch(url, { cache: "no-store", signal: run.abort.signal });
+    showQueue(response.headers.get("Server-Timing"));
+    if (!response.ok) {
+      const detail = await errorDetail(response);
+      return ["error", `the service refused: HTTP ${response.status}. ${detail}`, []];
+    }
+    const countLines = run.pacing.shape === "ndjson";
+    const reader = response.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      const t = (performance.now() - run.t0) / 1000;
+      if (done) break;
+      if (run.reads === 0) $("ttfb").textContent = formatSeconds(t);
+      run.reads += 1;
+      const count = countLines ? newlines(value) : value.byteLength;
+      if (count) {
+        run.arrivals.push([t, count]);
+        run.received += count;
+      }
+    }
+    return null;
+  }
+
+  function newlines(bytes) {
+    let count = 0;
+    for (const byte of bytes) if (byte === 10) count += 1;
+    return count;
+  }
+
+  // The events with the browser's own EventSource. It reconnects by itself when the stream is
+  // cut, sending Last-Event-ID, and would reconnect after the service's normal end too: the
+  // page closes it once event nblocks is in.
+  function readEvents(run, url) {
+    return new Promise((resolve) => {
+      const { nblocks } = run.pacing;
+      const source = new EventSource(url);
+      let opened = 0;
+      const finish = (how) => {
+        source.close();
+        resolve(how);
+      };
+      run.abort.signal.addEventListener("abort", () => finish("stopped"));
+      source.addEventListener("open", () => {
+        opened += 1;
+        setCount("reconnects", opened - 1, String(opened - 1));
+      });
+      source.addEventListener("block", (event) => {
+        const t = (performance.now() - run.t0) / 1000;
+        if (run.reads === 0) $("ttfb").textContent = formatSeconds(t);
+        run.reads += 1;
+        run.arrivals.push([t, 1]);
+        run.received += 1;
+        // The last one: the service ends the stream, which the EventSource would take as a
+        // cut and reconnect after.
+        if (Number(event.lastEventId) >= nblocks) finish("complete");
+      });
+      source.addEventListener("error", () => {
+        if (source.readyState === EventSource.CLOSED) {
+          finish(opened ? "failed" : "refused");
+        } else if (nblocks === 0) {
+          finish("complete"); // the stream ended with no event to wait for
+        }
+        // Otherwise the browser reconnects by itself, after the stream's retry delay.
+      });
+    });
+  }
+
+  // An EventSource never shows why it was refused: ask once more with fetch.
+  async function whyRefused(url) {
+    const abort = new AbortController();
+    try {
+      const response = await fetch(url, { cache: "no-store", signal: abort.signal });
+      if (response.ok) return "the EventSource failed; the browser's console may say why.";
+      return `the service refused: HTTP ${response.status}. ${await errorDetail(response)}`;
+    } catch (error) {
+      return `the EventSource could not connect: ${error.message}`;
+    } finally {
+      abort.abort();
+    }
+  }
+
+  async function readStream(run, url) {
+    if (run.pacing.shape !== "sse") return readBody(run, url);
+    setCount("reconnects", 0, "0");
+    const how = await readEvents(run, url);
+    if (how === "stopped") throw new DOMException("stopped", "AbortError");
+    if (how === "refused") return ["error", await whyRefused(url), []];
+    if (how === "failed") {
+      return ["error", "the EventSource was closed before the last event.", []];
+    }
+    return null;
+  }
+
+  function verdictOf(run, total) {
+    const shape = shapeOf(run.pacing);
+    if (run.received !== total) {
+      return ["error", `expected ${total} ${shape.counted}, received ${run.received}.`, []];
+    }
+    const verdict = judge(run.arrivals, run.pacing);
+    return [verdict.state, headline(verdict.state, shape), verdict.reasons];
+  }
+
   async function start(event) {
     event.preventDefault();
     if (current && !current.done) return;
     const pacing = readPacing();
+    const shape = shapeOf(pacing);
     const query = new URLSearchParams({
       nblocks: String(pacing.nblocks),
       block_size: String(pacing.blockSize),
       sleep_ms: String(pacing.sleepMs),
     });
-    const url = new URL(`streamhtml?${query}`, document.baseURI);
+    const url = new URL(`${shape.path}?${query}`, document.baseURI);
     const run = {
       pacing,
       arrivals: [],
       received: 0,
+      reads: 0,
       elapsed: 0,
       done: false,
       abort: new AbortController(),
       t0: performance.now(),
     };
     current = run;
-    const total = pacing.nblocks * pacing.blockSize;
+    const total = pacing.nblocks * perItem(pacing);
     setCount("total", total, formatBytes(total));
+    $("unit").textContent = shape.counted;
     $("ttfb").textContent = "–";
+    // An EventSource hands over whole events, never the bytes as they come.
+    $("ttfb-label").textContent = pacing.shape === "sse" ? "First event after" : "First byte after";
+    setCount("reconnects", "", "–");
     showQueue(null);
     $("start").disabled = true;
     $("stop").disabled = false;
@@ -436,29 +596,9 @@
     window.requestAnimationFrame(tick);
     let outcome;
     try {
-      const response = await fetch(url, { cache: "no-store", signal: run.abort.signal });
-      showQueue(response.headers.get("Server-Timing"));
-      if (!response.ok) {
-        const detail = await errorDetail(response);
-        outcome = ["error", `the service refused: HTTP ${response.status}. ${detail}`, []];
-      } else {
-        const reader = response.body.getReader();
-        for (;;) {
-          const { done, value } = await reader.read();
-          const t = (performance.now() - run.t0) / 1000;
-          if (done) break;
-          if (run.arrivals.length === 0) $("ttfb").textContent = formatSeconds(t);
-          run.arrivals.push([t, value.byteLength]);
-          run.received += value.byteLength;
-        }
-        run.elapsed = (performance.now() - run.t0) / 1000;
-        if (run.received !== total) {
-          outcome = ["error", `expected ${total} bytes, received ${run.received}.`, []];
-        } else {
-          const verdict = judge(run.arrivals, pacing);
-          outcome = [verdict.state, HEADLINES[verdict.state], verdict.reasons];
-        }
-      }
+      // An outcome already means the stream was refused or failed; else it is judged.
+      outcome = (await readStream(run, url)) || verdictOf(run, total);
+      run.elapsed = (performance.now() - run.t0) / 1000;
     } catch (error) {
       run.elapsed = (performance.now() - run.t0) / 1000;
       outcome =
@@ -471,8 +611,9 @@
     const chart = $("chart");
     chart.setAttribute(
       "aria-label",
-      `Chart of bytes received against time: ${formatBytes(run.received)} bytes in ` +
-        `${run.arrivals.length} reads over ${formatSeconds(run.elapsed)}. ${outcome[1]}`,
+      `Chart of ${shape.counted} received against time: ${formatBytes(run.received)} ` +
+        `${shape.counted} in ${run.reads} reads over ${formatSeconds(run.elapsed)}. ` +
+        outcome[1],
     );
     setVerdict(...outcome);
     $("start").disabled = false;
