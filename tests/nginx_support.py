@@ -233,11 +233,30 @@ class Nginx:
         parts = [self.dir / "stdout.log", self.dir / "error.log"]
         return "".join(path.read_text(errors="replace") for path in parts if path.exists())
 
-    def access_lines(self) -> list[dict]:
-        """The router's access-log lines so far: each one's request_id and upstream address."""
+    def access_lines(self, at_least: int = 1, timeout_s: float = 3.0) -> list[dict]:
+        """The router's access-log lines: each one's request_id and upstream address.
+
+        nginx writes a line once the response is done, which can be just after the client has
+        read it: wait up to `timeout_s` for `at_least` lines.
+        """
         path = self.dir / "access.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return [match.groupdict() for match in ACCESS_LINE.finditer(text)]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = path.read_text(errors="replace") if path.exists() else ""
+            lines = [match.groupdict() for match in ACCESS_LINE.finditer(text)]
+            if len(lines) >= at_least or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
+
+    def access_line(self, request_id: str, timeout_s: float = 3.0) -> dict:
+        """The router's access-log line for one request id, once nginx has written it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [line for line in self.access_lines(0) if line["request_id"] == request_id]
+            if found:
+                return found[0]
+            time.sleep(0.02)
+        raise AssertionError(f"no access line for {request_id} in {self.access_lines(0)}")
 
     def upstream_connections(self) -> set[tuple[int, int]]:
         """(nginx's port, instance port) of each established connection nginx has to an instance.

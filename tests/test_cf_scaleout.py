@@ -135,7 +135,7 @@ def test_the_router_overwrites_the_clients_request_id_and_the_instance_logs_the_
 
     routers_id = response.header("X-Vcap-Request-Id")
     assert routers_id != clients_id
-    [line] = [line for line in router.access_lines() if line["request_id"] == routers_id]
+    line = router.access_line(routers_id)
     # The instance the router's access log names is the one whose log has that id.
     instance = next(i for i in instances if line["upstream"] == f"127.0.0.1:{i.port}")
     [logged] = instance.wait_for_request(request_id=routers_id, path="/health")
