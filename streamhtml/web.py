@@ -34,7 +34,7 @@ from .params import (
     parse_ndjson_request,
     parse_stream_request,
 )
-from .settings import RESERVED_THREADS, Settings, load_settings
+from .settings import RESERVED_THREADS, Limits, Settings, load_settings
 from .stream import LiveStream, Turns
 
 STREAM_HEADERS = {
@@ -49,9 +49,18 @@ STREAM_ROUTES = ("/streamhtml", "/large.csv", "/sse", "/ndjson")
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 RETRY_AFTER_S = 1
-# What one admitted stream may hold, beyond the block or chunk it is sending: its thread's
-# stack, its objects and its share of the socket buffers (measured: docs/operations.md).
-STREAM_BASE_BYTES = 256 * 1024
+# What one admitted stream holds beyond the block or chunk it is sending, as measured with
+# clients that never read (docs/operations.md#memory): about 50 KiB of RSS (its thread's
+# stack, its objects), and the kernel's send buffer, twice SO_SNDBUF, or up to tcp_wmem's
+# 4 MiB when the kernel tunes it.
+STREAM_RSS_BYTES = 64 * 1024
+AUTOTUNED_SEND_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def stream_base_bytes(limits: Limits) -> int:
+    return STREAM_RSS_BYTES + (2 * limits.send_buffer_bytes or AUTOTUNED_SEND_BUFFER_BYTES)
+
+
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -207,7 +216,7 @@ def stream(
     live = LiveStream(chunks, env.client_socket(environ), duration_s, pace, preamble, turns)
     streams = tracker()
     route = env.route_of(environ) or request.path
-    refused = streams.admit(live, route, STREAM_BASE_BYTES + held_bytes)
+    refused = streams.admit(live, route, stream_base_bytes(settings().limits) + held_bytes)
     if refused:
         live.close()
         return over_capacity(refused)

@@ -260,3 +260,29 @@ def test_a_sigkilled_worker_is_replaced_and_service_continues(start_server):
         time.sleep(0.1)
     for _ in range(10):
         assert request(server.port, "/streamhtml?nblocks=4&block_size=64").status == 200
+
+
+def test_past_the_memory_budget_a_stream_gets_503_until_memory_is_given_back(start_server):
+    # MEMORY_LIMIT as Cloud Foundry writes it; streams may hold half (2 MiB). A paced stream
+    # of 1 KiB blocks is charged ~321 KiB (docs/operations.md#memory): six fit.
+    server = start_server({"MEMORY_LIMIT": "4m", "STREAMHTML_STREAM_MEMORY_PERCENT": "50"})
+    path = "/streamhtml?nblocks=20&block_size=1024&sleep_ms=1000"
+    held = [open_stream(server.port, path) for _ in range(6)]
+    try:
+        assert all(head.status == 200 for _, _, head in held)
+        refused = request(server.port, path)
+        assert refused.status == 503 and refused.header("Retry-After") == "1"
+        assert json.loads(refused.body)["reason"] == "memory budget full"
+        info = json.loads(request(server.port, "/info").body)
+        assert info["limits"]["stream_memory_budget_bytes"] == 2 * 1024 * 1024
+        sock, reader, _ = held.pop()
+        reader.close()
+        sock.close()
+        deadline = time.monotonic() + 5
+        while (reply := request(server.port, "/streamhtml?nblocks=1")).status != 200:
+            assert time.monotonic() < deadline, reply.body
+            time.sleep(0.1)
+    finally:
+        for sock, reader, _ in held:
+            reader.close()
+            sock.close()
