@@ -87,6 +87,7 @@ class Tracker:
         self._live: dict[int, tuple[Cuttable, str, int]] = {}
         self.shutting_down = False
         self._grace_over = False
+        self.ended_here = 0  # streams of this process that have ended, ever
 
     def _instance_sum(self, column: int) -> int:
         if self._counts is not None:
@@ -134,6 +135,7 @@ class Tracker:
         with self._lock:
             entry = self._live.pop(id(stream), None)
             if entry is not None:
+                self.ended_here += 1
                 _, route, cost_bytes = entry
                 self._add(self._column[route], -1)
                 self._add(_BYTES_COLUMN, -cost_bytes)
@@ -178,6 +180,10 @@ def new_tracker(caps: Caps, routes: Sequence[str]) -> Tracker:
     global _process_tracker
     _process_tracker = Tracker(caps, routes, _worker_slot)
     return _process_tracker
+
+
+def ended_in_this_process() -> int:
+    return _process_tracker.ended_here if _process_tracker is not None else 0
 
 
 def begin_shutdown(grace_s: float) -> None:
