@@ -8,14 +8,13 @@ worker sat idle. The master clears a dead worker's slot, however it died.
 
 from __future__ import annotations
 
-import logging
 import mmap
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-log = logging.getLogger("streamhtml")
+from .observe import log
 
 MAX_SLOTS = 256  # workers alive at once, old and new ones included during a reload
 MAX_ROUTES = 8  # stream routes counted apart (the in-progress gauge is per route)

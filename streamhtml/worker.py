@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import socket
 import struct
 import sys
@@ -43,10 +42,8 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from . import capacity, memory, metrics, observe
 from . import environ as env
-from .observe import COMPLETE, DEADLINE, STALLED, RequestRecord
+from .observe import COMPLETE, DEADLINE, STALLED, RequestRecord, log
 from .settings import load_settings
-
-log = logging.getLogger("streamhtml")
 
 SEND_BYTES = 64 * 1024
 # Items this large are sent from where they are, not copied next to their framing.

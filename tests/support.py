@@ -1,7 +1,6 @@
 """Test harness: a real gunicorn started as the Procfile starts it, and a raw HTTP/1.1 reader."""
 
 import contextlib
-import http.client
 import json
 import os
 import re
@@ -214,13 +213,3 @@ def request(
         send_request(sock, path, method, headers, version)
         with sock.makefile("rb") as reader:
             return read_body(reader, read_head(reader), method)
-
-
-def json_get(port: int, path: str):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", path)
-        reply = connection.getresponse()
-        return reply.status, json.loads(reply.read())
-    finally:
-        connection.close()

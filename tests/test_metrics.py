@@ -106,3 +106,13 @@ def test_a_bytes_counter_ends_in_bytes_total(server):
     server.wait_for_request(path="/streamhtml")
     names = {re.sub(r"\{.*", "", name) for name in scrape(server.port)}
     assert "streamhtml_streamed_bytes_total" in names
+
+
+def test_requests_are_counted_with_the_request_log_off(start_server):
+    server = start_server({"LOG_REQUESTS": "off"})
+    for _ in range(3):
+        request(server.port, "/streamhtml?nblocks=2&block_size=10")
+    samples = scrape(server.port)
+    assert samples[STREAM_OK] == 3
+    assert samples[BYTES] == 3 * 20
+    assert not server.requests_logged(), "LOG_REQUESTS=off still wrote request lines"

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import subprocess
 
 from support import REPO, Server, request
 
@@ -58,19 +57,3 @@ def test_the_page_and_streams_refuse_sniffing_and_the_page_has_a_csp(server):
     csp = page.header("Content-Security-Policy")
     assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
     assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
-
-
-def test_no_code_path_sets_debug_mode():
-    found = subprocess.run(
-        [
-            "grep",
-            "-rnE",
-            r"debug\s*=\s*True|\.run\(|use_debugger|DEBUG.*True",
-            "streamhtml",
-            "app.py",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert found == "", found
