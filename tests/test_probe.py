@@ -16,7 +16,7 @@ import sys
 
 import pytest
 from forward_proxy import ForwardProxy, Relay
-from nginx_support import Nginx
+from nginx_support import Nginx, gorouter_like
 from support import REPO, free_port
 from verdict_cases import SERVER_TIMINGS, SIX_EVENTS, TEN_PACED, VERDICTS
 
@@ -753,3 +753,16 @@ def test_through_an_nginx_honouring_the_header_events_and_lines_stream(
     assert run.returncode == 0, run.stdout + run.stderr + honouring_nginx.log()
     assert shown_header(run.stdout, "Content-Encoding") == "gzip"
     assert "verdict: STREAMS" in run.stdout and f"pauses between {items} came through" in run.stdout
+
+
+def test_through_the_router_stand_in_the_probe_shows_the_platform_queue(server, tmp_path):
+    # The router stamps X-Request-Start; the app answers Server-Timing: queue;dur=...
+    router = gorouter_like(tmp_path / "router", server.port).start()
+    try:
+        found = probe(f"http://127.0.0.1:{router.port}/", "--nblocks", "3", "--sleep-ms", "100")
+    finally:
+        router.stop()
+    assert found.returncode == 0, found.stdout + found.stderr
+    queue = re.search(r"platform queue\s+(\d+\.\d) ms", found.stdout)
+    assert queue, found.stdout
+    assert 0 <= float(queue[1]) < 1000
