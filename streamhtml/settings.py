@@ -335,11 +335,14 @@ def _instance(environ: Mapping[str, str]) -> Instance:
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
-    return Settings(
-        limits=_read_group(Limits, environ),
-        server=_read_group(Server, environ),
-        instance=_instance(environ),
-    )
+    server = _read_group(Server, environ)
+    if server.worker_connections < server.threads:
+        # gthread keeps idle connections only above its threads: none would be kept alive.
+        raise SettingsError(
+            f"GUNICORN_WORKER_CONNECTIONS ({server.worker_connections}) must be at least "
+            f"GUNICORN_THREADS ({server.threads})"
+        )
+    return Settings(limits=_read_group(Limits, environ), server=server, instance=_instance(environ))
 
 
 # --- the table in docs/operations.md ---------------------------------------------------------

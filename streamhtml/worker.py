@@ -380,8 +380,8 @@ class StreamingWorker(ThreadWorker):
         if conn.parser is not None:
             conn.head += conn.parser.unreader.take_buffered()
         conn.deadline = time.monotonic() + self.header_timeout_s
-        if _head_complete(conn.head):
-            self.dispatch(conn)
+        if conn.head:
+            self.judge_head(conn, _head_length(conn.head))
         else:
             self.read_head(conn)
 
@@ -397,10 +397,14 @@ class StreamingWorker(ThreadWorker):
             self.drop_head(conn, None)
             return
         conn.head += data
-        if _head_complete(conn.head, len(data)):
-            self.dispatch(conn)
-        elif len(conn.head) > self.max_head_bytes:
+        self.judge_head(conn, _head_length(conn.head, len(data)))
+
+    def judge_head(self, conn: Connection, head_bytes: int) -> None:
+        """Serve a whole head, refuse one too large, or wait for more."""
+        if (head_bytes or len(conn.head)) > self.max_head_bytes:
             self.refuse_head(conn)
+        elif head_bytes:
+            self.dispatch(conn)
         else:
             self.wait_for_head(conn)
 
@@ -550,10 +554,15 @@ class _UnparsedRequest:
         return True
 
 
-def _head_complete(head: bytearray, new_bytes: int | None = None) -> bool:
-    # Only the tail can hold an end that was not there before.
-    start = 0 if new_bytes is None else max(0, len(head) - new_bytes - 3)
-    return any(head.find(end, start) != -1 for end in _HEAD_ENDS)
+def _head_length(buffered: bytearray, new_bytes: int | None = None) -> int:
+    """Bytes of the request head at the front of `buffered`, 0 while it is incomplete.
+
+    Only the tail, the `new_bytes` just read and the 3 before them, can hold an end that was
+    not there before.
+    """
+    start = 0 if new_bytes is None else max(0, len(buffered) - new_bytes - 3)
+    ends = [found + len(end) for end in _HEAD_ENDS if (found := buffered.find(end, start)) != -1]
+    return min(ends) if ends else 0
 
 
 def _refusal_record(conn: Connection, status: int, body_bytes: int) -> RequestRecord:

@@ -103,3 +103,8 @@ def test_streams_get_their_share_of_the_memory_limit_when_the_platform_sets_one(
 def test_the_operations_guide_shows_the_settings_table_as_declared():
     text = OPERATIONS.read_text()
     assert markdown_table() in text, "run `python -m streamhtml.settings` and paste its table"
+
+
+def test_fewer_connections_than_threads_is_refused_naming_both():
+    with pytest.raises(SettingsError, match="GUNICORN_WORKER_CONNECTIONS .* GUNICORN_THREADS"):
+        load_settings({"GUNICORN_WORKER_CONNECTIONS": "100", "GUNICORN_THREADS": "512"})

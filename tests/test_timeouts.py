@@ -139,10 +139,11 @@ def test_a_head_sent_a_byte_at_a_time_is_cut_at_the_timeout_however_steady(start
     assert time.monotonic() - started < 2 + 1.5
 
 
-def test_a_head_over_the_size_limit_gets_a_json_431(start_server):
+@pytest.mark.parametrize("ending", [b"", b"\r\n"], ids=["still coming", "whole"])
+def test_a_head_over_the_size_limit_gets_a_json_431(start_server, ending):
     server = start_server({"STREAMHTML_MAX_HEAD_BYTES": "2048"})
     with connect(server.port) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\n" + b"X-Junk: j\r\n" * 400)
+        sock.sendall(b"GET /health HTTP/1.1\r\n" + b"X-Junk: j\r\n" * 190 + ending)
         reader = sock.makefile("rb")
         head = read_head(reader)
         body = reader.read(int(head.header("Content-Length")))
@@ -164,7 +165,9 @@ def test_a_request_with_a_body_is_answered_and_the_connection_closed(start_serve
 
 
 def test_at_the_connection_cap_idle_connections_make_room_for_new_ones(start_server):
-    server = start_server({"GUNICORN_WORKER_CONNECTIONS": "100", "WEB_CONCURRENCY": "1"})
+    server = start_server(
+        {"GUNICORN_WORKER_CONNECTIONS": "100", "GUNICORN_THREADS": "32", "WEB_CONCURRENCY": "1"}
+    )
     idle = [connect(server.port) for _ in range(300)]
     try:
         for _ in range(10):
@@ -185,3 +188,17 @@ def test_a_kept_alive_connection_idle_for_95_s_still_serves(connection_idle_sinc
     time.sleep(max(0.0, idle.idle_since + 95 - time.monotonic()))
     send_request(idle.sock, "/health")
     assert read_head(idle.reader).status == 200
+
+
+def test_half_a_head_pipelined_behind_a_request_is_cut_at_the_header_timeout(start_server):
+    # gthread hands a connection whose buffer holds the start of the next request straight to
+    # a thread; here it waits in the poller like any other head.
+    server = start_server({"STREAMHTML_HEADER_TIMEOUT_S": "2"})
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /heal")
+        reader = sock.makefile("rb")
+        head = read_head(reader)
+        reader.read(int(head.header("Content-Length")))
+        assert head.status == 200
+        took = closed_by_server(sock, timeout_s=10)
+    assert took <= 2 + 1.5, f"closed after {took:.1f} s"
