@@ -1,8 +1,9 @@
 """Fixtures: the app with small limits, and real gunicorn servers started as the Procfile does."""
 
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from support import Server, read_body, read_head, send_request
@@ -55,25 +56,45 @@ def small_server(tmp_path_factory):
 
 @dataclass
 class IdleConnection:
+    """A kept-alive connection that sends its next request idle_for_s after its first one, from
+    a thread of its own, so the moment is the same whatever order the tests run in."""
+
     server: Server
-    sock: socket.socket
-    reader: object
-    idle_since: float
+    idle_for_s: float = 95.0
+    idle_s: float = 0.0
+    status: int | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, sock: socket.socket) -> None:
+        reader = sock.makefile("rb")
+        try:
+            send_request(sock, "/health")
+            assert read_body(reader, read_head(reader), "GET").status == 200
+            idle_since = time.monotonic()
+            time.sleep(self.idle_for_s)
+            self.idle_s = time.monotonic() - idle_since
+            send_request(sock, "/health")
+            self.status = read_head(reader).status
+        except BaseException as error:  # handed to the test that asserts on it
+            self.error = error
+        finally:
+            reader.close()
+            sock.close()
+            self.done.set()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def connection_idle_since_the_start(request, tmp_path_factory):
-    """A kept-alive connection left idle from the start of the session, for the tests marked
+    """A connection left idle from the start of the session, for the tests marked
     `idle_since_start`: their long wait then overlaps the rest of the suite."""
     if not any(item.get_closest_marker("idle_since_start") for item in request.session.items):
         yield None
         return
     server = Server(tmp_path_factory.mktemp("idle") / "gunicorn.log").start()
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    reader = sock.makefile("rb")
-    send_request(sock, "/health")
-    assert read_body(reader, read_head(reader), "GET").status == 200
-    yield IdleConnection(server, sock, reader, time.monotonic())
-    reader.close()
-    sock.close()
+    idle = IdleConnection(server)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=idle.idle_for_s + 30)
+    threading.Thread(target=idle.run, args=(sock,), daemon=True).start()
+    yield idle
+    idle.done.wait(idle.idle_for_s + 30)
     server.stop()
