@@ -20,6 +20,7 @@ Environ = dict[str, Any]
 _SOCKET = "gunicorn.socket"
 _STREAM = "streamhtml.stream"
 _COALESCE = "streamhtml.coalesce"
+_BRIEF = "streamhtml.brief"
 _SENDS_BUFFERS = "streamhtml.sends_buffers"
 _RECEIVED_AT = "streamhtml.received_at_s"
 _QUEUE_MS = "streamhtml.queue_ms"
@@ -59,6 +60,17 @@ def mark_coalescable(environ: Environ) -> None:
 
 def coalescable(environ: Environ) -> bool:
     return environ.get(_COALESCE, False)
+
+
+def mark_brief(environ: Environ) -> None:
+    """Route: this live stream is made at once and is small (BRIEF_BYTES at most), so the
+    worker may send it from its main loop, as it does every body that is not a live stream
+    (those are in memory)."""
+    environ[_BRIEF] = True
+
+
+def brief(environ: Environ) -> bool:
+    return environ.get(_BRIEF, False)
 
 
 def attach_stream(environ: Environ, stream: LiveStream) -> None:

@@ -55,6 +55,11 @@ RETRY_AFTER_S = 1
 # 4 MiB when the kernel tunes it.
 STREAM_RSS_BYTES = 64 * 1024
 AUTOTUNED_SEND_BUFFER_BYTES = 4 * 1024 * 1024
+# An unpaced stream this small is made in microseconds and fits a fresh connection's send
+# buffer: the worker answers it from its main loop (streamhtml/worker.py), with no turn.
+BRIEF_BYTES = 64 * 1024
+# An SSE event's framing past its data: `id: N`, `event: block`, `data: `, blank line.
+SSE_FRAMING_BYTES = 64
 
 
 def stream_base_bytes(limits: Limits) -> int:
@@ -136,6 +141,7 @@ def streamhtml():
         "text/html; charset=utf-8",
         held_bytes,
         pace_of(wanted, wanted.nblocks),
+        most_bytes=wanted.total_bytes,
     )
 
 
@@ -153,6 +159,7 @@ def sse():
         wanted.block_size,  # events are made from views of shared letters: one at a time
         pace_of(wanted, wanted.nblocks - after_id, heartbeat=SSE_HEARTBEAT),
         preamble=sse_retry(sse_retry_ms(wanted.sleep_ms)),
+        most_bytes=(wanted.nblocks - after_id) * (wanted.block_size + SSE_FRAMING_BYTES),
     )
 
 
@@ -164,6 +171,7 @@ def ndjson():
         NDJSON_CONTENT_TYPE,
         2 * wanted.block_size,  # the line being sent, and the pad it was made from
         pace_of(wanted, wanted.nblocks),
+        most_bytes=wanted.total_bytes,
     )
 
 
@@ -195,11 +203,13 @@ def stream(
     held_bytes: int,
     pace: Pace | None = None,
     preamble: bytes = b"",
+    most_bytes: int | None = None,
 ) -> Response:
     """A live stream of `make_chunks()`, or a 503 when the instance cannot take one more.
 
-    `pace` says how it waits between items, if it does; `preamble` goes out first, at once.
-    HEAD gets the same headers and nothing else: no admission, no generator.
+    `pace` says how it waits between items, if it does; `preamble` goes out first, at once;
+    `most_bytes`, when known, bounds the body. HEAD gets the same headers and nothing else: no
+    admission, no generator.
     """
     headers = dict(STREAM_HEADERS)
     if request.method == "HEAD":
@@ -208,11 +218,14 @@ def stream(
     chunks = make_chunks()
     if not env.sends_buffers(environ):
         chunks = map(bytes, chunks)  # a server that takes bytes only (sync, test client)
+    turns = current_app.extensions["streamhtml.turns"]
     if pace is None:
         # Nothing to wait for between items: the worker may batch their sends.
         env.mark_coalescable(environ)
+        if most_bytes is not None and most_bytes + len(preamble) <= BRIEF_BYTES:
+            env.mark_brief(environ)
+            turns = None
     duration_s = settings().limits.max_stream_duration_s
-    turns = current_app.extensions["streamhtml.turns"]
     live = LiveStream(chunks, env.client_socket(environ), duration_s, pace, preamble, turns)
     streams = tracker()
     route = env.route_of(environ) or request.path
