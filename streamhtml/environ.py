@@ -25,6 +25,7 @@ _SENDS_BUFFERS = "streamhtml.sends_buffers"
 _RECEIVED_AT = "streamhtml.received_at_s"
 _QUEUE_MS = "streamhtml.queue_ms"
 _ROUTE = "streamhtml.route"
+_REQUEST_ID = "streamhtml.request_id"
 _CUT = "streamhtml.cut"
 
 # X-Request-Start as routers write it: gorouter in milliseconds since the epoch; others in
@@ -88,6 +89,15 @@ def mark_route(environ: Environ, rule: str) -> None:
 
 def route_of(environ: Environ) -> str | None:
     return environ.get(_ROUTE)
+
+
+def mark_request_id(environ: Environ, request_id: str) -> None:
+    """App: the id this request is answered and logged under."""
+    environ[_REQUEST_ID] = request_id
+
+
+def request_id_of(environ: Environ) -> str | None:
+    return environ.get(_REQUEST_ID)
 
 
 def mark_cut(environ: Environ, outcome: str) -> None:

@@ -83,9 +83,17 @@ def logconfig_dict(log_format: str, level: str, worker_logs_errors: bool = True)
     }
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, with its text
+
+
 def log_time(now: float) -> str:
     """The time as logging's asctime writes it, so request lines sort with the others."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+    global _second
+    whole = int(now)
+    second = _second
+    if second[0] != whole:  # formatted once a second, not once a request
+        second = _second = (whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole)))
+    return f"{second[1]},{int(now % 1 * 1000):03d}"
 
 
 def summary(record: observe.RequestRecord) -> str:
@@ -116,7 +124,7 @@ class RequestLine:
                     "time": log_time(now),
                     "level": "INFO",
                     "logger": "gunicorn.access",
-                    "pid": os.getpid(),
+                    "pid": observe.process_id(),
                     "message": summary(record),
                     "request_id": record.request_id,
                     "method": record.method,
@@ -138,7 +146,7 @@ class RequestLine:
             )
         else:
             line = (
-                f"{log_time(now)} [{os.getpid()}] [INFO] gunicorn.access: "
+                f"{log_time(now)} [{observe.process_id()}] [INFO] gunicorn.access: "
                 f"{escape_controls(summary(record))}"
             )
         os.write(self.fd, (line + "\n").encode("utf-8", "backslashreplace"))
