@@ -39,7 +39,6 @@ import struct
 import sys
 import threading
 import time
-import uuid
 from datetime import datetime
 from functools import partial
 
@@ -76,6 +75,10 @@ TRIM_EVERY_S = 10.0
 DROP_REPORT_S = 10.0
 # Pipelined requests answered on the main loop in one go; a pool thread takes any after them.
 INLINE_PIPELINED = 8
+# gthread's main loop does its chores (the heartbeat's utime(), getppid(), the timeout sweeps)
+# on every turn, that is, once a request; at most this often is plenty, as every timeout they
+# serve is a second or more.
+CHORES_EVERY_S = 0.05
 
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees at once
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
@@ -99,11 +102,9 @@ class WouldBlock(Exception):  # noqa: N818 - a condition, not an error
     """On the main loop, the socket took less than was queued; the rest is still queued."""
 
 
-def _aborted(sock: socket.socket) -> bool:
-    try:
-        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == _ABORT
-    except OSError:
-        return True
+# Sockets we set to reset on close (StreamingResponse._cut), until they are closed: asking
+# the socket instead costs a getsockopt() for every connection that ends.
+_aborted: set[socket.socket] = set()
 
 
 class StreamingResponse(wsgi.Response):
@@ -275,6 +276,7 @@ class StreamingResponse(wsgi.Response):
         # otherwise pin the unsent bytes in the kernel for minutes.
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+            _aborted.add(self.sock)
         raise ResponseCut(errno.EPIPE, f"response cut: {outcome}")
 
 
@@ -289,6 +291,20 @@ def _advance(parts: list, sent: int) -> list:
 
 _request = threading.local()
 _gunicorn_create = wsgi.create
+_gunicorn_http_date = util.http_date
+_date: tuple[int, str] = (-1, "")
+
+
+def _http_date(timestamp: float | None = None) -> str:
+    """gunicorn's util.http_date, formatted once a second instead of once a response."""
+    global _date
+    if timestamp is not None:
+        return _gunicorn_http_date(timestamp)
+    now = int(time.time())
+    date = _date
+    if date[0] != now:
+        date = _date = (now, _gunicorn_http_date(now))
+    return date[1]
 
 
 def _create(req, sock, client, server, cfg, response_class=None, response_args=()):
@@ -327,9 +343,10 @@ class Connection(TConn):
         self.inline = False  # a request on it is being answered on the main loop
 
     def close(self, graceful: bool = False) -> None:
-        if graceful and not _aborted(self.sock):
+        if graceful and self.sock not in _aborted:
             self.worker.close_later(self)
         else:
+            _aborted.discard(self.sock)
             util.close(self.sock)
 
 
@@ -352,13 +369,23 @@ class StreamingWorker(ThreadWorker):
         self.dropped_reported_at = time.monotonic()
         self.trimmed_at = time.monotonic()
         self.ended_at_trim = 0
+        self.notified_at = self.parent_checked_at = self.swept_at = 0.0
+        self.addresses: dict = {}  # each listener's own address, asked once
 
     def init_process(self):
         # gthread builds every HTTP/1 response through wsgi.create(); in this worker process
         # (only) it builds ours. The master and other worker classes are untouched.
         wsgi.create = _create
+        util.http_date = _http_date
         StreamingResponse.stall_timeout_s = self.stall_timeout_s
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        for listener in self.sockets:
+            self.addresses[listener] = listener.getsockname()
+            if self.send_buffer_bytes:
+                # Autotuning lets one stalled stream pin up to 4 MiB of kernel memory, which
+                # Cloud Foundry counts against the instance's memory quota. Linux gives every
+                # accepted connection the listener's buffer size, fixed as set here.
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
         super().init_process()
 
     def handle(self, conn):
@@ -396,7 +423,8 @@ class StreamingWorker(ThreadWorker):
         req = None
         sock = conn.sock
         try:
-            sock.setblocking(False)  # nothing on the main loop may wait
+            if sock.gettimeout() != 0.0:
+                sock.setblocking(False)  # nothing on the main loop may wait
             try:
                 req = next(conn.parser)
             except BlockingIOError:
@@ -576,11 +604,7 @@ class StreamingWorker(ThreadWorker):
                     return
                 raise
             self.nr_conns += 1
-            if self.send_buffer_bytes:
-                # Autotuning lets one stalled stream pin up to 4 MiB of kernel memory, which
-                # Cloud Foundry counts against the instance's memory quota.
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
-            conn = Connection(self, self.cfg, client, address, listener.getsockname())
+            conn = Connection(self, self.cfg, client, address, self.addresses[listener])
             conn.deadline = time.monotonic() + self.header_timeout_s
             self.read_head(conn)
 
@@ -657,7 +681,10 @@ class StreamingWorker(ThreadWorker):
         """The whole head is in: hand the connection to a thread, bytes and all."""
         self.stop_waiting(conn)
         if conn.parser is None:
-            conn.init()  # plain HTTP/1 here: makes the parser, no I/O
+            # conn.init() for plain HTTP/1, the only kind read here, less its switch of the
+            # socket to blocking: the main loop answers with it non-blocking.
+            conn.initialized = True
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.whole_head = bytes(conn.head)
         conn.parser.unreader.unread(conn.whole_head)
         conn.head = bytearray()
@@ -688,10 +715,26 @@ class StreamingWorker(ThreadWorker):
         self.nr_conns -= 1
         self.close_later(conn)
 
+    def notify(self):
+        now = time.monotonic()
+        if now >= self.notified_at + CHORES_EVERY_S or not self.alive:
+            self.notified_at = now
+            super().notify()
+
+    def is_parent_alive(self):
+        now = time.monotonic()
+        if now < self.parent_checked_at + CHORES_EVERY_S:
+            return True
+        self.parent_checked_at = now
+        return super().is_parent_alive()
+
     def murder_pending(self):
         # gthread's own timeout sweep, run on every turn of the main loop; ours ride along.
-        super().murder_pending()
         now = time.monotonic()
+        if now < self.swept_at + CHORES_EVERY_S and self.alive:
+            return
+        self.swept_at = now
+        super().murder_pending()
         while self.heads:
             conn = next(iter(self.heads))
             idle_at_stop = not self.alive and not conn.head
@@ -813,7 +856,7 @@ def _head_complete(head: bytearray, new_bytes: int | None = None) -> bool:
 def _refusal_record(conn: Connection, status: int, body_bytes: int) -> RequestRecord:
     peer = conn.client[0] if isinstance(conn.client, tuple) else None
     return RequestRecord(
-        request_id=str(uuid.uuid4()),
+        request_id=observe.new_request_id(),
         method="",
         route=None,
         path="",
