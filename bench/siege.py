@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -64,6 +65,14 @@ def app_socket_kib(port: int) -> float:
     return total / 1024
 
 
+def streams_in_progress(port: int) -> int:
+    """The instance's live streams, as /metrics reports them (its tracker's count)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    found = re.findall(r"^streamhtml_streams_in_progress\{[^}]*\} ([\d.]+)$", text, re.M)
+    return int(sum(float(value) for value in found))
+
+
 def stalled_stream_memory(start, block_size: int, clients: int) -> dict:
     """RSS and socket-buffer memory per stalled stream of `block_size` blocks, in KiB."""
     server = start()
@@ -84,9 +93,11 @@ def stalled_stream_memory(start, block_size: int, clients: int) -> dict:
                 last = now
             sockets = app_socket_kib(server.port)
             peak_rss = max(peak_rss, siege.instance_rss_mib(instance) * 1024)
+            admitted = streams_in_progress(server.port)
         return {
             "rss_kib": (peak_rss - rss_before) / clients,
             "sockets_kib": (sockets - sockets_before) / clients,
+            "admitted": admitted,
         }
     finally:
         server.stop()
@@ -135,13 +146,15 @@ def rows(figures: dict, sweep_500: dict | None) -> list[str]:
         " and of its sockets' kernel memory (`ss -tmn`, skmem t + w + r of the sockets whose"
         f" local port is the app's), each divided by {clients}.",
         "",
-        "| block size | RSS per stalled stream | socket buffers per stalled stream |",
-        "|---|---:|---:|",
+        "| block size | streams admitted | RSS per stalled stream | socket buffers per stalled"
+        " stream |",
+        "|---|---:|---:|---:|",
     ]
     for size, result in figures["memory"].items():
         label = f"{int(size) // 1024} KiB" if int(size) < 1 << 20 else f"{int(size) >> 20} MiB"
         lines.append(
-            f"| {label} | {result['rss_kib']:,.0f} KiB | {result['sockets_kib']:,.0f} KiB |"
+            f"| {label} | {result.get('admitted', '–')} of {clients}"
+            f" | {result['rss_kib']:,.0f} KiB | {result['sockets_kib']:,.0f} KiB |"
         )
     lines += [
         "",

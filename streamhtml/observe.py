@@ -38,7 +38,11 @@ COUNTED_METHODS = ("GET", "HEAD")
 MAX_LOGGED_CHARS = 512
 
 
-_noted = threading.local()
+class _Noted(threading.local):
+    error: str | None = None  # a default, so reading it never raises inside getattr
+
+
+_noted = _Noted()
 _pid = os.getpid()
 
 
@@ -61,7 +65,7 @@ def note_error(text: str | None) -> None:
 
 
 def noted_error() -> str | None:
-    return getattr(_noted, "error", None)
+    return _noted.error
 
 
 def request_id(incoming: str | None) -> str:

@@ -17,7 +17,11 @@ tests/test_worker_seams.py to the gunicorn range in requirements.in:
   read, without a trip to a pool thread and back (`handle_request`): every body but a live
   stream's is in memory, and a brief stream (`environ.mark_brief`) is made in microseconds.
   Nothing there waits: sends do not block, and an answer the socket cannot take whole, a
-  live stream, or a request with a body goes to a pool thread as before.
+  live stream, or a request with a body goes to a pool thread as before; so does every
+  request while BUSY_POOL connections are on pool threads.
+- gunicorn's Date header and its forwarded_allow_ips check of the peer are remembered (per
+  second, per address) in the worker process; the main loop's heartbeat and sweeps run at most
+  every CHORES_EVERY_S instead of once a request.
 - Responses are sent by StreamingResponse (`wsgi.create`): no send waits more than
   STREAMHTML_STALL_TIMEOUT_S for the client to accept a byte, none goes past a stream's
   deadline, and framing goes out with the block in one sendmsg() without copying it. A body
@@ -43,7 +47,7 @@ from datetime import datetime
 from functools import partial
 
 from gunicorn import http, util
-from gunicorn.http import wsgi
+from gunicorn.http import message, wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from . import capacity, memory, metrics, observe
@@ -75,6 +79,11 @@ TRIM_EVERY_S = 10.0
 DROP_REPORT_S = 10.0
 # Pipelined requests answered on the main loop in one go; a pool thread takes any after them.
 INLINE_PIPELINED = 8
+# With this many connections out on pool threads (streams, mostly), the main loop answers
+# nothing itself and hands every request to the pool, as gthread does: while streams hold the
+# GIL, answers made on the main loop would queue one behind another, /health's among them
+# (500 streams: /health p99 from 190 to 590 ms, the last stream accepted 0.7 s later).
+BUSY_POOL = 8
 # gthread's main loop does its chores (the heartbeat's utime(), getppid(), the timeout sweeps)
 # on every turn, that is, once a request; at most this often is plenty, as every timeout they
 # serve is a second or more.
@@ -295,6 +304,23 @@ _gunicorn_http_date = util.http_date
 _date: tuple[int, str] = (-1, "")
 
 
+_gunicorn_ip_in_allow_list = message._ip_in_allow_list
+_peers_judged: dict = {}
+
+
+def _ip_in_allow_list(ip_str, allow_list, networks) -> bool:
+    """gunicorn's check of a peer against forwarded_allow_ips (or proxy_allow_ips), which
+    parses the address every request, remembered per address and list (a setting: one list
+    for the worker's life). A flood of other peers only refills it."""
+    key = (ip_str, id(allow_list))
+    known = _peers_judged.get(key)
+    if known is None:
+        if len(_peers_judged) >= 1024:
+            _peers_judged.clear()
+        known = _peers_judged[key] = _gunicorn_ip_in_allow_list(ip_str, allow_list, networks)
+    return known
+
+
 def _http_date(timestamp: float | None = None) -> str:
     """gunicorn's util.http_date, formatted once a second instead of once a response."""
     global _date
@@ -371,12 +397,14 @@ class StreamingWorker(ThreadWorker):
         self.ended_at_trim = 0
         self.notified_at = self.parent_checked_at = self.swept_at = 0.0
         self.addresses: dict = {}  # each listener's own address, asked once
+        self.on_pool = 0  # connections a pool thread is serving
 
     def init_process(self):
         # gthread builds every HTTP/1 response through wsgi.create(); in this worker process
         # (only) it builds ours. The master and other worker classes are untouched.
         wsgi.create = _create
         util.http_date = _http_date
+        message._ip_in_allow_list = _ip_in_allow_list
         StreamingResponse.stall_timeout_s = self.stall_timeout_s
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         for listener in self.sockets:
@@ -413,7 +441,7 @@ class StreamingWorker(ThreadWorker):
             conn.whole_head = buffered
             conn.received_at_s = time.time()
         else:
-            super().enqueue_req(conn)  # more pipelined requests: a pool thread takes them
+            self.to_pool(conn)  # more pipelined requests: a pool thread takes them
             return
         super().finish_request(conn, _Settled(keepalive))
 
@@ -461,11 +489,22 @@ class StreamingWorker(ThreadWorker):
     def reparse_on_thread(self, conn: Connection) -> None:
         conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(conn.whole_head)
-        super().enqueue_req(conn)
+        self.to_pool(conn)
+
+    def to_pool(self, conn: Connection) -> None:
+        """A pool thread serves `conn` from here, as gthread would."""
+        self.on_pool += 1
+        ThreadWorker.enqueue_req(self, conn)
+
+    def finish_request(self, conn, fs):
+        # Every request that went to the pool comes back here, on the main loop.
+        self.on_pool -= 1
+        super().finish_request(conn, fs)
 
     def hand_off(self, conn: Connection, req, rest) -> None:
         """A pool thread runs `rest` (which returns keep-alive), with handle()'s error cover;
         gthread's finish_request gets the result on the main loop, as for any request."""
+        self.on_pool += 1
         future = self.tpool.submit(self.carry_on, conn, req, rest)
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, conn, done)
@@ -653,7 +692,7 @@ class StreamingWorker(ThreadWorker):
         # gthread calls this for a kept-alive connection that became readable and for one
         # whose buffer already holds the start of its next request (pipelining).
         if not self.reads_heads or not isinstance(conn, Connection):
-            return super().enqueue_req(conn)
+            return self.to_pool(conn)
         if conn.parser is not None:
             conn.head += conn.parser.unreader.take_buffered()
         conn.deadline = time.monotonic() + self.header_timeout_s
@@ -702,7 +741,10 @@ class StreamingWorker(ThreadWorker):
         conn.parser.unreader.unread(conn.whole_head)
         conn.head = bytearray()
         conn.received_at_s = time.time()
-        self.answer(conn)
+        if self.on_pool >= BUSY_POOL:
+            self.to_pool(conn)
+        else:
+            self.answer(conn)
 
     def drop_head(self, conn: Connection, reason: str | None) -> None:
         self.stop_waiting(conn)
