@@ -5,17 +5,11 @@ each worker then keeps its counters in files there, /metrics sums them, and the 
 recycled worker keep counting. Streams in progress are not a Prometheus gauge: they are read
 at scrape time from the capacity tracker's shared page, the one place they are counted.
 Without that variable (Flask's test client) the values live in this process.
-
-A worker adds each request's counts up in memory and writes them to its files in batches
-(`flush`): its main loop does every FLUSH_EVERY_S while any are pending, /metrics does before
-it reads the files, and so does a worker that stops. A scrape can so trail another worker's
-last few milliseconds of requests; a worker killed outright loses at most those.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 from prometheus_client import (
     REGISTRY,
@@ -38,70 +32,10 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # prometheus_client chose its value class from PROMETHEUS_MULTIPROC_DIR when it was imported.
 MULTIPROCESS = values.ValueClass is not MutexValue
-# How long counts may wait in a worker's memory before they are written to its file.
-FLUSH_EVERY_S = 0.005
-
-_pending_lock = threading.Lock()
-_pending: dict = {}  # value -> None: the values with counts not yet written, in order
-_flushed_at = 0.0
-
-
-def _batched_value_class():
-    """prometheus_client's multiprocess value, whose inc() only adds up in memory.
-
-    Written to the same files, in the same format, so the collector reads them as ever. Its
-    pid check asks process_id(), which needs no getpid() syscall.
-    """
-    mmaped = MultiProcessValue(process_id)
-
-    class BatchedValue(mmaped):  # type: ignore[valid-type, misc]
-        def __init__(self, *args, **kwargs):
-            self.unwritten = 0.0
-            super().__init__(*args, **kwargs)
-
-        def inc(self, amount):
-            with _pending_lock:
-                self.unwritten += amount
-                _pending[self] = None
-
-        def get(self):
-            return super().get() + self.unwritten
-
-        def write(self, amount) -> None:
-            super().inc(amount)
-
-    return BatchedValue
-
-
 if MULTIPROCESS:
-    values.ValueClass = _batched_value_class()
-
-
-def pending() -> bool:
-    return bool(_pending)
-
-
-def flush(now: float | None = None) -> None:
-    """Write every count added up in this process to its file."""
-    global _flushed_at
-    _flushed_at = time.monotonic() if now is None else now
-    if not _pending:
-        return
-    with _pending_lock:
-        batch = [(value, value.unwritten) for value in _pending]
-        for value, _ in batch:
-            value.unwritten = 0.0
-        _pending.clear()
-    for value, amount in batch:
-        value.write(amount)
-
-
-def flush_if_due(now: float) -> None:
-    """The worker's main loop, every turn: write pending counts at most every FLUSH_EVERY_S."""
-    if _pending and now - _flushed_at >= FLUSH_EVERY_S:
-        flush(now)
-
-
+    # The same files, one per process; the values ask for the pid at every update, to notice
+    # a fork, and this answers without a getpid() syscall (reset in each forked child).
+    values.ValueClass = MultiProcessValue(process_id)
 DURATION_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900)
 QUEUE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -202,7 +136,6 @@ def exposition(tracker: Tracker) -> tuple[bytes, str]:
     """The Prometheus text for /metrics, summed over every worker when there are several."""
     registry = CollectorRegistry()
     if MULTIPROCESS:
-        flush()  # this worker's own counts, to the last request
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_Registered(REGISTRY))

@@ -648,19 +648,6 @@ class StreamingWorker(ThreadWorker):
             conn.deadline = time.monotonic() + self.header_timeout_s
             self.read_head(conn)
 
-    def wait_for_and_dispatch_events(self, timeout):
-        # Counts wait in memory until written in a batch (metrics.flush): never much longer.
-        if metrics.pending():
-            timeout = min(timeout, metrics.FLUSH_EVERY_S)
-        super().wait_for_and_dispatch_events(timeout)
-        metrics.flush_if_due(time.monotonic())
-
-    def run(self):
-        try:
-            super().run()
-        finally:
-            metrics.flush()
-
     def set_accept_enabled(self, enabled):
         # At the connection cap gthread stops accepting; while some connection is only
         # idling, accept() closes it to make room instead.
