@@ -223,9 +223,7 @@ ATTACKS = {
     ),
     "3,000 connections that send nothing": lambda port: silent(port, 3000),
     "10,000 connections that send nothing": lambda port: silent(port, 10_000),
-    "80 HTTP/1.0 clients that never read the answer or close": lambda port: unread_http10(
-        port, 80
-    ),
+    "80 HTTP/1.0 clients that never read the answer or close": lambda port: unread_http10(port, 80),
     "50 downloads of /large.csv at the default cap": lambda port: downloads(
         port, 50, "/large.csv?rows=1000000"
     ),
