@@ -38,7 +38,6 @@ import contextlib
 import errno
 import json
 import logging
-import select
 import socket
 import struct
 import sys
@@ -653,16 +652,7 @@ class StreamingWorker(ThreadWorker):
         # idling, accept() closes it to make room instead.
         if not enabled and self.alive and self.reads_heads and self.has_idle():
             enabled = True
-        was_accepting = self._accepting
         super().set_accept_enabled(enabled)
-        epoll = getattr(self.poller, "_selector", None)
-        if enabled and not was_accepting and isinstance(epoll, select.epoll):
-            # Every worker polls the same listening socket: without EPOLLEXCLUSIVE a new
-            # connection wakes them all and all but one find nothing to accept (a quarter of
-            # the accept() calls under `ab -c 2`). With it the kernel wakes one idle worker.
-            for listener in self.sockets:
-                epoll.unregister(listener.fileno())
-                epoll.register(listener.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
 
     def has_idle(self) -> bool:
         return bool(self.lingering or self.heads or self.keepalived_conns)

@@ -75,20 +75,6 @@ def test_prometheus_clients_value_class_is_read_when_each_value_is_made():
     assert "values.ValueClass(" in inspect.getsource(prometheus_metrics.Histogram._metric_init)
 
 
-def test_gthreads_poller_is_epoll_with_its_epoll_object_where_the_worker_looks():
-    # set_accept_enabled registers the listening sockets with EPOLLEXCLUSIVE on the
-    # selector's own epoll object; without one it leaves gthread's registration alone.
-    import select
-    import selectors
-
-    poller = selectors.DefaultSelector()
-    try:
-        assert isinstance(getattr(poller, "_selector", None), select.epoll)
-        assert select.EPOLLEXCLUSIVE
-    finally:
-        poller.close()
-
-
 class Stop(Exception):
     pass
 
