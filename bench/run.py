@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+import siege
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
@@ -48,9 +50,16 @@ SWEEP_BYTES = 16 * MIB  # each stream of the sweep; wrk asks again when one ends
 HEALTH_TIMEOUT_S = 5.0
 RAMP_MAX_S = 4.0  # the longest the sweep waits for the server to accept every stream
 MODES = {
-    "full": {"rounds": 5, "wrk_s": 3, "stream_bytes": 256 * MIB, "sweep_s": 3},
-    "quick": {"rounds": 1, "wrk_s": 2, "stream_bytes": 64 * MIB, "sweep_s": 2},
+    "full": {"rounds": 5, "wrk_s": 3, "stream_bytes": 256 * MIB, "sweep_s": 3, "cpu_n": 5000},
+    "quick": {"rounds": 1, "wrk_s": 2, "stream_bytes": 64 * MIB, "sweep_s": 2, "cpu_n": 2000},
 }
+# CPU per request: (figure, label, path for the project and the minimal app, ab's options).
+# ab speaks HTTP/1.0: a connection a request, unless -k keeps it alive.
+CPU_LOADS = (
+    ("health", "`/health`, `ab -c 2`", "/health", ["-c", "2"]),
+    ("c2", "16 × 1 KiB, `ab -c 2` (HTTP/1.0)", None, ["-c", "2"]),
+    ("c2_keepalive", "16 × 1 KiB, `ab -k -c 2` (keep-alive)", None, ["-k", "-c", "2"]),
+)
 APT = {"wrk": "wrk", "ab": "apache2-utils", "nginx": "nginx-light", "curl": "curl"}
 
 NGINX_CONF = """daemon off;
@@ -265,6 +274,23 @@ def start_servers(args, tmp: Path, round_no: int) -> dict[str, Server]:
     return servers
 
 
+def siege_starter(args, tmp: Path):
+    """A function that starts a fresh project server for each siege measurement."""
+    started = [0]
+    memory_mib = siege.manifest_memory_mib(args.project)
+
+    def start() -> Server:
+        started[0] += 1
+        servers = start_servers(args, tmp, 0)
+        project = servers["project"]
+        project.env["MEMORY_LIMIT"] = f"{memory_mib}m"
+        project.log = OUT / f"siege-{started[0]}.log"
+        project.start()
+        return project
+
+    return start
+
+
 # --- workloads ------------------------------------------------------------------------------
 
 
@@ -321,6 +347,38 @@ def parse_wrk(out: str) -> dict:
         "non2xx": int(number(r"Non-2xx or 3xx responses: (\d+)", out, 0)),
         "errors": sum(int(e) for e in errors.groups()) if errors else 0,
     }
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far, every thread of each included."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(label: str, server: "Server", path: str, n: int, options: list[str]):
+    """(µs of the server's CPU a request, req/s) over `n` requests of ab; nan when any failed.
+
+    A /health body's length varies with the worker's pid, so ab's length check is not used:
+    every answer must be a 2xx and none may fail."""
+    pids = [server.proc.pid, *server.workers()]
+    before = process_cpu_s(pids)
+    url = f"http://127.0.0.1:{server.port}{path}"
+    out = run(label, ["ab", "-q", "-n", str(n), *options, url], 300)
+    used_s = process_cpu_s(pids) - before
+    ok = (
+        number(r"Complete requests:\s+(\d+)", out) == n
+        and number(r"Non-2xx responses:\s+(\d+)", out, 0) == 0
+        and number(r"Failed requests:\s+(\d+)", out) - number(r"Length: (\d+)", out, 0) == 0
+        and number(r"Exceptions: (\d+)", out, 0) == 0
+    )
+    rps = number(r"Requests per second:\s+([\d.]+)", out)
+    return (used_s / n * 1e6, rps) if ok else (math.nan, math.nan)
 
 
 def wrk_argv(port: int, path: str, conns: int, seconds: float) -> list[str]:
@@ -455,6 +513,7 @@ def sweep_point(label: str, server: Server, conns: int, seconds: float) -> dict:
     RAW.write(out + f"health: n={len(latencies)} failed={failed} accepted_s={accepted_s}\n")
     result = parse_wrk(out)
     result.update(p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99))
+    result["in_time"] = sum(t < 1.0 for t in latencies) / len(latencies) if latencies else 0.0
     result.update(health_failed=failed, accepted_s=accepted_s)
     server.wait_healthy(time.perf_counter(), 60.0)  # the next figure starts from a calm server
     return result
@@ -492,6 +551,14 @@ def run_round(args, mode: dict, tmp: Path, round_no: int, data: dict) -> None:
                 )
                 rps = wrk(f"wrk {test} {shape}", port, path, c, mode["wrk_s"])
                 put(f"wrk_{test}_{shape}", "project", rps)
+        _, nblocks, size, _, _ = LOAD_TESTS[1]
+        for figure, _, path, options in CPU_LOADS:
+            for name in order:
+                where = path or stream_path(name, nblocks, size)
+                label = f"cpu {figure} {name}"
+                used_us, rps = cpu_per_request(label, servers[name], where, mode["cpu_n"], options)
+                put(f"cpu_{figure}", name, used_us)
+                put(f"cpu_{figure}_rps", name, rps)
         test, nblocks, size, n, c = LOAD_TESTS[0]
         path = stream_path("project", nblocks, size, static=True)
         rps = ab("ab c10 static", servers["project"].port, path, n, c, nblocks * size)
@@ -520,6 +587,7 @@ def run_round(args, mode: dict, tmp: Path, round_no: int, data: dict) -> None:
                 put(f"sweep_{conns}_accepted_s", name, point["accepted_s"])
                 put(f"sweep_{conns}_non2xx", name, point["non2xx"])
                 put(f"sweep_{conns}_health_failed", name, point["health_failed"])
+                put(f"sweep_{conns}_in_time", name, point["in_time"])
     finally:
         for name in order:
             servers[name].stop()
@@ -554,6 +622,8 @@ ROWS = (
     ("ab_c2", "`ab -n 2000 -c 2`, 16 × 1 KiB", "req/s", 1, None),
     ("wrk_c10", "`wrk -c10` keep-alive, 100 × 512 B", "req/s", 1, None),
     ("wrk_c2", "`wrk -c2` keep-alive, 16 × 1 KiB", "req/s", 1, None),
+    ("cpu_health_rps", "`ab -c 2` /health (the CPU run)", "req/s", 1, None),
+    ("cpu_c2_keepalive_rps", "`ab -k -c 2` keep-alive, 16 × 1 KiB (the CPU run)", "req/s", 1, None),
     # /sse and /ndjson: the project alone serves them; ratios are to the /streamhtml figures.
     ("ab_c10", "`ab -n 2000 -c 10` /sse, 100 events × 512 B", "req/s", 1, "ab_c10_sse"),
     ("ab_c10", "`ab -n 2000 -c 10` /ndjson, 100 lines × 512 B", "req/s", 1, "ab_c10_ndjson"),
@@ -625,6 +695,20 @@ def table(data: dict) -> list[str]:
     return lines
 
 
+def cpu_table(data: dict, requests: int) -> list[str]:
+    """µs of CPU per request, median of rounds; each round's figures beside the medians."""
+    lines = [
+        "| load | project | minimal app | nginx | project, each round | minimal app, each round |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for figure, label, _, _ in CPU_LOADS:
+        values = data.get(f"cpu_{figure}", {})
+        cells = [fmt(median(values.get(name, [])), "µs") for name in SERVERS]
+        each = [", ".join(f"{v:.0f}" for v in values.get(name, [])) for name in SERVERS[:2]]
+        lines.append(f"| {label} | {' | '.join(cells)} | {each[0]} | {each[1]} |")
+    return lines
+
+
 def verdict(value: float, limit: float | None, sense: str) -> str:
     if limit is None:
         return "–"
@@ -651,6 +735,10 @@ def targets(data: dict) -> tuple[list[str], bool]:
         ("500 concurrent streams, /health p99", project("sweep_500_p99", 1000), 1000, 100,
          "≤", " ms"),
         ("start to healthy", project("startup_s"), None, 1.0, "≤", " s"),
+        ("`ab -n 2000 -c 2`, 16 × 1 KiB, req/s ÷ minimal app (per-request cost)",
+         ratios(data, "ab_c2", "minimal"), 1.3, 1.6, "≥", "×"),
+        ("`/health`, `ab -c 2`, req/s ÷ minimal app's `/health`",
+         ratios(data, "cpu_health_rps", "minimal"), None, 1.3, "≥", "×"),
     )  # fmt: skip
     lines = [
         "| figure | median | each round | must reach | aim | must | aim |",
@@ -754,6 +842,28 @@ def sum_of(data: dict, what: str, name: str) -> int:
     return int(sum(sum(data.get(f"sweep_{n}_{what}", {}).get(name, [])) for n in SWEEP))
 
 
+def siege_section(run: dict) -> list[str]:
+    figures = run.get("siege")
+    if not figures:
+        return []
+    data = run["data"]
+    sweep = None
+    if data.get("sweep_500_p99", {}).get("project"):
+        sweep = {
+            "p99_ms": median(data["sweep_500_p99"]["project"]) * 1000,
+            "in_time": median(data.get("sweep_500_in_time", {}).get("project", [math.nan])),
+        }
+    return [
+        "## Siege: hostile clients, measured (`bench/siege.py`)",
+        "",
+        "One pass after the rounds, each measurement against a fresh instance started as the"
+        " Procfile does, with `MEMORY_LIMIT` set to the manifest's memory.",
+        "",
+        *siege.rows(figures, sweep),
+        "",
+    ]
+
+
 # The hand-kept record of the worker/threads sweep that chose the defaults, quoted verbatim.
 SWEEP_RECORD = BENCH / "SWEEP.md"
 
@@ -820,10 +930,21 @@ def write_results(args, run: dict, lines, target_lines, pngs) -> None:
         )
         + ".",
         "",
-        "## Targets (issue #5)",
+        "## Worker CPU per request",
+        "",
+        f"CPU time (user + system, every thread) of the server's master and workers, from"
+        f" `/proc/PID/stat` before and after `ab -n {mode['cpu_n']}` of each load, divided by"
+        " the requests; median of rounds. nginx for scale: its workers serve `/health` from"
+        " its configuration and the stream as a static file. The minimal app's sync workers"
+        " close every connection, `-k` or not.",
+        "",
+        *cpu_table(data, mode["cpu_n"]),
+        "",
+        "## Targets (issue #5, and the per-request issue: the last two rows)",
         "",
         *target_lines,
         "",
+        *siege_section(run),
         *([SWEEP_RECORD.read_text().rstrip("\n"), ""] if SWEEP_RECORD.exists() else []),
         "## Plots",
         "",
@@ -896,8 +1017,11 @@ def measure(args, mode: dict) -> int:
         for round_no in range(1, mode["rounds"] + 1):
             print(f"round {round_no} of {mode['rounds']}", flush=True)
             run_round(args, mode, tmp, round_no, data)
+        print("siege", flush=True)
+        siege_figures = siege.measure(siege_starter(args, tmp), args.quick, print)
     loads.append(os.getloadavg()[0])
     run_facts = {"mode": mode, "data": data, "commands": COMMANDS, "loads": loads}
+    run_facts["siege"] = siege_figures
     run_facts.update(env=args.env, quick=args.quick)
     tree = project_revision(args.project) + (f"; {args.note}" if args.note else "")
     run_facts["facts"] = {**machine(), "project tree": tree}

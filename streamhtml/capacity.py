@@ -20,7 +20,10 @@ MAX_SLOTS = 256  # workers alive at once, old and new ones included during a rel
 MAX_ROUTES = 8  # stream routes counted apart (the in-progress gauge is per route)
 _BYTES_COLUMN = MAX_ROUTES  # after the per-route counts: the bytes this worker's streams hold
 _COLUMNS = MAX_ROUTES + 1
-_page = memoryview(mmap.mmap(-1, MAX_SLOTS * _COLUMNS * 8)).cast("q")
+# After the slots, one cell: how many slots from the first have ever been given out, so a sum
+# reads those only (two workers: two slots, not 256; /health and every admission sum).
+_SLOTS_USED = MAX_SLOTS * _COLUMNS
+_page = memoryview(mmap.mmap(-1, (_SLOTS_USED + 1) * 8)).cast("q")
 _free_slots = list(range(MAX_SLOTS - 1, -1, -1))
 
 
@@ -52,6 +55,7 @@ def assign_slot(worker) -> None:
     """pre_fork: give the worker about to be forked a slot of its own."""
     worker.streamhtml_slot = _free_slots.pop()
     _clear(worker.streamhtml_slot)
+    _page[_SLOTS_USED] = max(_page[_SLOTS_USED], worker.streamhtml_slot + 1)
 
 
 def release_slot(worker) -> None:
@@ -91,7 +95,8 @@ class Tracker:
     def _instance_sum(self, column: int) -> int:
         if self._counts is not None:
             return self._counts[column]
-        return sum(_page[slot * _COLUMNS + column] for slot in range(MAX_SLOTS))
+        # A strided slice sums in C: this runs several times for every request.
+        return sum(_page[column : _page[_SLOTS_USED] * _COLUMNS : _COLUMNS])
 
     def _add(self, column: int, delta: int) -> None:
         if self._counts is not None:

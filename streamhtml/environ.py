@@ -20,10 +20,12 @@ Environ = dict[str, Any]
 _SOCKET = "gunicorn.socket"
 _STREAM = "streamhtml.stream"
 _COALESCE = "streamhtml.coalesce"
+_BRIEF = "streamhtml.brief"
 _SENDS_BUFFERS = "streamhtml.sends_buffers"
 _RECEIVED_AT = "streamhtml.received_at_s"
 _QUEUE_MS = "streamhtml.queue_ms"
 _ROUTE = "streamhtml.route"
+_REQUEST_ID = "streamhtml.request_id"
 _CUT = "streamhtml.cut"
 
 # X-Request-Start as routers write it: gorouter in milliseconds since the epoch; others in
@@ -61,6 +63,17 @@ def coalescable(environ: Environ) -> bool:
     return environ.get(_COALESCE, False)
 
 
+def mark_brief(environ: Environ) -> None:
+    """Route: this live stream is made at once and is small (BRIEF_BYTES at most), so the
+    worker may send it from its main loop, as it does every body that is not a live stream
+    (those are in memory)."""
+    environ[_BRIEF] = True
+
+
+def brief(environ: Environ) -> bool:
+    return environ.get(_BRIEF, False)
+
+
 def attach_stream(environ: Environ, stream: LiveStream) -> None:
     environ[_STREAM] = stream
 
@@ -76,6 +89,15 @@ def mark_route(environ: Environ, rule: str) -> None:
 
 def route_of(environ: Environ) -> str | None:
     return environ.get(_ROUTE)
+
+
+def mark_request_id(environ: Environ, request_id: str) -> None:
+    """App: the id this request is answered and logged under."""
+    environ[_REQUEST_ID] = request_id
+
+
+def request_id_of(environ: Environ) -> str | None:
+    return environ.get(_REQUEST_ID)
 
 
 def mark_cut(environ: Environ, outcome: str) -> None:

@@ -8,11 +8,11 @@ observer of the request record (streamhtml/observe.py), written without going th
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import time
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from gunicorn import glogging
@@ -83,9 +83,17 @@ def logconfig_dict(log_format: str, level: str, worker_logs_errors: bool = True)
     }
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, with its text
+
+
 def log_time(now: float) -> str:
     """The time as logging's asctime writes it, so request lines sort with the others."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+    global _second
+    whole = int(now)
+    second = _second
+    if second[0] != whole:  # formatted once a second, not once a request
+        second = _second = (whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole)))
+    return f"{second[1]},{int(now % 1 * 1000):03d}"
 
 
 def summary(record: observe.RequestRecord) -> str:
@@ -100,6 +108,32 @@ def summary(record: observe.RequestRecord) -> str:
     )
 
 
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _number(value: float | None) -> str:
+    return "null" if value is None else repr(value)
+
+
+def json_line(record: observe.RequestRecord, when: str, pid: int, instance_index: str | None):
+    """The request line, exactly as json.dumps writes the dict of its fields, in this order,
+    made by hand from json's own string encoder: json.dumps builds an encoder every call."""
+    return (
+        f'{{"time": {_text(when)}, "level": "INFO", "logger": "gunicorn.access", "pid": {pid}, '
+        f'"message": {_text(summary(record))}, "request_id": {_text(record.request_id)}, '
+        f'"method": {_text(record.method)}, "route": {_text(record.route)}, '
+        f'"path": {_text(record.path)}, "query": {_text(record.query)}, '
+        f'"status": {record.status!r}, "bytes_sent": {record.bytes_sent!r}, '
+        f'"duration_ms": {_number(record.duration_ms)}, "outcome": {_text(record.outcome)}, '
+        f'"queue_ms": {_number(record.queue_ms)}, "error": {_text(record.error)}, '
+        f'"peer_addr": {_text(record.peer_addr)}, '
+        f'"forwarded_for": {_text(record.forwarded_for)}, '
+        f'"forwarded_trusted": {"true" if record.forwarded_trusted else "false"}, '
+        f'"user_agent": {_text(record.user_agent)}, "instance_index": {_text(instance_index)}}}'
+    )
+
+
 class RequestLine:
     """Writes the one line per request, JSON or text, straight to stdout in one write."""
 
@@ -111,34 +145,10 @@ class RequestLine:
     def __call__(self, record: observe.RequestRecord) -> None:
         now = time.time()
         if self.json:
-            line = json.dumps(
-                {
-                    "time": log_time(now),
-                    "level": "INFO",
-                    "logger": "gunicorn.access",
-                    "pid": os.getpid(),
-                    "message": summary(record),
-                    "request_id": record.request_id,
-                    "method": record.method,
-                    "route": record.route,
-                    "path": record.path,
-                    "query": record.query,
-                    "status": record.status,
-                    "bytes_sent": record.bytes_sent,
-                    "duration_ms": record.duration_ms,
-                    "outcome": record.outcome,
-                    "queue_ms": record.queue_ms,
-                    "error": record.error,
-                    "peer_addr": record.peer_addr,
-                    "forwarded_for": record.forwarded_for,
-                    "forwarded_trusted": record.forwarded_trusted,
-                    "user_agent": record.user_agent,
-                    "instance_index": self.instance_index,
-                }
-            )
+            line = json_line(record, log_time(now), observe.process_id(), self.instance_index)
         else:
             line = (
-                f"{log_time(now)} [{os.getpid()}] [INFO] gunicorn.access: "
+                f"{log_time(now)} [{observe.process_id()}] [INFO] gunicorn.access: "
                 f"{escape_controls(summary(record))}"
             )
         os.write(self.fd, (line + "\n").encode("utf-8", "backslashreplace"))

@@ -18,19 +18,24 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.values import MutexValue, ValueClass
+from prometheus_client.values import MultiProcessValue, MutexValue
 
 from .capacity import Tracker
-from .observe import CLIENT_GONE, SHUTDOWN, RequestRecord
+from .observe import CLIENT_GONE, SHUTDOWN, RequestRecord, process_id
 
 # The classic text format: every scraper reads it, Cloud Foundry's Metric Registrar included.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # prometheus_client chose its value class from PROMETHEUS_MULTIPROC_DIR when it was imported.
-MULTIPROCESS = ValueClass is not MutexValue
+MULTIPROCESS = values.ValueClass is not MutexValue
+if MULTIPROCESS:
+    # The same files, one per process; the values ask for the pid at every update, to notice
+    # a fork, and this answers without a getpid() syscall (reset in each forked child).
+    values.ValueClass = MultiProcessValue(process_id)
 DURATION_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900)
 QUEUE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -81,24 +86,35 @@ def _make_metrics() -> dict:
     }
 
 
+_children: dict[tuple, object] = {}
+
+
+def _child(name: str, *labels: str):
+    """metric.labels(*labels), remembered: labels() takes a lock and checks every value."""
+    key = (name, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = _metrics()[name].labels(*labels)
+    return child
+
+
 def observe_request(record: RequestRecord) -> None:
     """The metrics' observer of every request record."""
-    metric = _metrics()
     endpoint = record.route_label
-    metric["requests"].labels(endpoint, record.method_label, str(record.status)).inc()
+    _child("requests", endpoint, record.method_label, str(record.status)).inc()
     if record.queue_ms is not None:
-        metric["queue"].observe(max(0.0, record.queue_ms) / 1000.0)
+        _metrics()["queue"].observe(max(0.0, record.queue_ms) / 1000.0)
     if record.streamed:
-        metric["bytes"].labels(endpoint).inc(record.bytes_sent)
-        metric["duration"].labels(endpoint, record.outcome).observe(record.duration_ms / 1000.0)
+        _child("bytes", endpoint).inc(record.bytes_sent)
+        _child("duration", endpoint, record.outcome).observe(record.duration_ms / 1000.0)
         if record.outcome == CLIENT_GONE:
-            metric["hangups"].labels(endpoint).inc()
+            _child("hangups", endpoint).inc()
         elif record.outcome == SHUTDOWN:
-            metric["cut"].labels(endpoint).inc()
+            _child("cut", endpoint).inc()
 
 
 def connection_dropped(reason: str) -> None:
-    _metrics()["dropped"].labels(reason).inc()
+    _child("dropped", reason).inc()
 
 
 class _InProgress:

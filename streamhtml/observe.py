@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import random
 import re
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +38,25 @@ COUNTED_METHODS = ("GET", "HEAD")
 MAX_LOGGED_CHARS = 512
 
 
-_noted = threading.local()
+class _Noted(threading.local):
+    error: str | None = None  # a default, so reading it never raises inside getattr
+
+
+_noted = _Noted()
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def process_id() -> int:
+    """os.getpid(), without its syscall: asked several times for every request."""
+    return _pid
 
 
 def note_error(text: str | None) -> None:
@@ -46,13 +65,25 @@ def note_error(text: str | None) -> None:
 
 
 def noted_error() -> str | None:
-    return getattr(_noted, "error", None)
+    return _noted.error
 
 
 def request_id(incoming: str | None) -> str:
     if incoming and _REQUEST_ID.fullmatch(incoming):
         return incoming
-    return str(uuid.uuid4())
+    return new_request_id()
+
+
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID, as str(uuid.uuid4()) writes it, from `random`'s generator
+    (reseeded in each forked worker): uuid4() reads os.urandom, a syscall every request, and
+    an id that labels a request guards nothing."""
+    digits = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +175,9 @@ def _response_header(resp, name: str) -> str | None:
 class ForwardedTrust:
     """Whether a peer may speak for the client: gunicorn's forwarded_allow_ips, read once."""
 
+    # Peers remembered; a router is a handful of addresses, a flood of others just refills it.
+    MAX_REMEMBERED = 1024
+
     def __init__(self, allowed: list[str]):
         self.everyone = "*" in allowed
         self.networks = []
@@ -152,10 +186,20 @@ class ForwardedTrust:
                 self.networks.append(ipaddress.ip_network(entry.strip(), strict=False))
             except ValueError:
                 continue
+        self._known: dict[str | None, bool] = {}
 
     def trusts(self, peer: str | None) -> bool:
         if self.everyone:
             return True
+        known = self._known.get(peer)
+        if known is None:
+            # Parsing the address costs more than the rest of the record together.
+            if len(self._known) >= self.MAX_REMEMBERED:
+                self._known.clear()
+            known = self._known[peer] = self._judge(peer)
+        return known
+
+    def _judge(self, peer: str | None) -> bool:
         try:
             address = ipaddress.ip_address(peer or "")
         except ValueError:
@@ -171,7 +215,8 @@ def build_record(
     # gunicorn writes its own error answers whole, past the response object's count.
     bytes_sent = resp.sent if error is None else resp.response_length or 0
     return RequestRecord(
-        request_id=_response_header(resp, REQUEST_ID_HEADER)
+        request_id=env.request_id_of(environ)
+        or _response_header(resp, REQUEST_ID_HEADER)
         or request_id(environ.get("HTTP_X_VCAP_REQUEST_ID")),
         method=clipped(environ.get("REQUEST_METHOD") or getattr(req, "method", None)) or "",
         route=env.route_of(environ),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from functools import partial
+from functools import cached_property, partial
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
+from flask.sessions import NullSession, SessionInterface
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import __version__, capacity, metrics, observe
@@ -55,6 +55,11 @@ RETRY_AFTER_S = 1
 # 4 MiB when the kernel tunes it.
 STREAM_RSS_BYTES = 64 * 1024
 AUTOTUNED_SEND_BUFFER_BYTES = 4 * 1024 * 1024
+# An unpaced stream this small is made in microseconds and fits a fresh connection's send
+# buffer: the worker answers it from its main loop (streamhtml/worker.py), with no turn.
+BRIEF_BYTES = 64 * 1024
+# An SSE event's framing past its data: `id: N`, `event: block`, `data: `, blank line.
+SSE_FRAMING_BYTES = 64
 
 
 def stream_base_bytes(limits: Limits) -> int:
@@ -96,7 +101,7 @@ def instance_fields() -> dict:
         "app": current.instance.app_name,
         "version": __version__,
         "instance_index": current.instance.instance_index,
-        "pid": os.getpid(),
+        "pid": observe.process_id(),
         "streams_in_progress": tracker().in_progress(),
     }
 
@@ -136,6 +141,7 @@ def streamhtml():
         "text/html; charset=utf-8",
         held_bytes,
         pace_of(wanted, wanted.nblocks),
+        most_bytes=wanted.total_bytes,
     )
 
 
@@ -153,6 +159,7 @@ def sse():
         wanted.block_size,  # events are made from views of shared letters: one at a time
         pace_of(wanted, wanted.nblocks - after_id, heartbeat=SSE_HEARTBEAT),
         preamble=sse_retry(sse_retry_ms(wanted.sleep_ms)),
+        most_bytes=(wanted.nblocks - after_id) * (wanted.block_size + SSE_FRAMING_BYTES),
     )
 
 
@@ -164,6 +171,7 @@ def ndjson():
         NDJSON_CONTENT_TYPE,
         2 * wanted.block_size,  # the line being sent, and the pad it was made from
         pace_of(wanted, wanted.nblocks),
+        most_bytes=wanted.total_bytes,
     )
 
 
@@ -195,11 +203,13 @@ def stream(
     held_bytes: int,
     pace: Pace | None = None,
     preamble: bytes = b"",
+    most_bytes: int | None = None,
 ) -> Response:
     """A live stream of `make_chunks()`, or a 503 when the instance cannot take one more.
 
-    `pace` says how it waits between items, if it does; `preamble` goes out first, at once.
-    HEAD gets the same headers and nothing else: no admission, no generator.
+    `pace` says how it waits between items, if it does; `preamble` goes out first, at once;
+    `most_bytes`, when known, bounds the body. HEAD gets the same headers and nothing else: no
+    admission, no generator.
     """
     headers = dict(STREAM_HEADERS)
     if request.method == "HEAD":
@@ -208,11 +218,14 @@ def stream(
     chunks = make_chunks()
     if not env.sends_buffers(environ):
         chunks = map(bytes, chunks)  # a server that takes bytes only (sync, test client)
+    turns = current_app.extensions["streamhtml.turns"]
     if pace is None:
         # Nothing to wait for between items: the worker may batch their sends.
         env.mark_coalescable(environ)
+        if most_bytes is not None and most_bytes + len(preamble) <= BRIEF_BYTES:
+            env.mark_brief(environ)
+            turns = None
     duration_s = settings().limits.max_stream_duration_s
-    turns = current_app.extensions["streamhtml.turns"]
     live = LiveStream(chunks, env.client_socket(environ), duration_s, pace, preamble, turns)
     streams = tracker()
     route = env.route_of(environ) or request.path
@@ -277,9 +290,37 @@ def server_error(exc: Exception):
     return error_response(500, "internal server error", "the server failed; see its log")
 
 
+class NoSessions(SessionInterface):
+    """No route keeps a session: every request shares one null session. Flask's default
+    looks for a signing key and makes a new null session every request."""
+
+    shared = NullSession()
+
+    def open_session(self, app, request):
+        return self.shared
+
+    def save_session(self, app, session, response):
+        pass  # never called: Flask saves no null session
+
+
+class App(Flask):
+    """Flask, asking once per function, not every request, whether it is a coroutine."""
+
+    def ensure_sync(self, func):
+        runnable = self._runnable.get(func)
+        if runnable is None:
+            runnable = self._runnable[func] = super().ensure_sync(func)
+        return runnable
+
+    @cached_property
+    def _runnable(self) -> dict:
+        return {}
+
+
 def create_app(app_settings: Settings | None = None) -> Flask:
     app_settings = app_settings or load_settings()
-    app = Flask(__name__)
+    app = App(__name__)
+    app.session_interface = NoSessions()
     # Flask reads FLASK_DEBUG from the environment; no setting may turn on the debugger.
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TESTING=False)
     app.extensions["streamhtml"] = app_settings
@@ -300,18 +341,21 @@ def create_app(app_settings: Settings | None = None) -> Flask:
 
     @app.before_request
     def note_request():
-        g.request_id = observe.request_id(request.headers.get(observe.REQUEST_ID_HEADER))
-        if request.url_rule is not None:
-            env.mark_route(request.environ, request.url_rule.rule)
+        environ = request.environ
+        env.mark_request_id(environ, observe.request_id(environ.get("HTTP_X_VCAP_REQUEST_ID")))
+        rule = request.url_rule
+        if rule is not None:
+            env.mark_route(environ, rule.rule)
 
     @app.after_request
     def common_headers(response: Response) -> Response:
+        environ = request.environ
         headers = response.headers
         headers["X-Content-Type-Options"] = "nosniff"
-        headers[observe.REQUEST_ID_HEADER] = g.get("request_id") or observe.request_id(None)
+        headers[observe.REQUEST_ID_HEADER] = env.request_id_of(environ) or observe.new_request_id()
         if instance_index is not None:
             headers["X-Instance-Index"] = instance_index
-        queue_ms = env.queue_ms(request.environ)
+        queue_ms = env.queue_ms(environ)
         if queue_ms is not None:
             headers["Server-Timing"] = f"queue;dur={queue_ms:.1f}"
         return response

@@ -13,6 +13,15 @@ tests/test_worker_seams.py to the gunicorn range in requirements.in:
 - At GUNICORN_WORKER_CONNECTIONS the oldest connection that holds no request is closed to
   make room, instead of the worker ceasing to accept (`accept`, `set_accept_enabled`).
 - Closing lingers in the poller (`TConn.close`), not on the main loop.
+- A request whose answer is ready at once is answered on the main loop, where its head was
+  read, without a trip to a pool thread and back (`handle_request`): every body but a live
+  stream's is in memory, and a brief stream (`environ.mark_brief`) is made in microseconds.
+  Nothing there waits: sends do not block, and an answer the socket cannot take whole, a
+  live stream, or a request with a body goes to a pool thread as before; so does every
+  request while BUSY_POOL connections are on pool threads.
+- gunicorn's Date header and its forwarded_allow_ips check of the peer are remembered (per
+  second, per address) in the worker process; the main loop's heartbeat and sweeps run at most
+  every CHORES_EVERY_S instead of once a request.
 - Responses are sent by StreamingResponse (`wsgi.create`): no send waits more than
   STREAMHTML_STALL_TIMEOUT_S for the client to accept a byte, none goes past a stream's
   deadline, and framing goes out with the block in one sendmsg() without copying it. A body
@@ -33,11 +42,11 @@ import struct
 import sys
 import threading
 import time
-import uuid
+from datetime import datetime
 from functools import partial
 
-from gunicorn import util
-from gunicorn.http import wsgi
+from gunicorn import http, util
+from gunicorn.http import message, wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from . import capacity, memory, metrics, observe
@@ -65,6 +74,17 @@ GIL_SWITCH_INTERVAL_S = 0.001
 TRIM_EVERY_S = 10.0
 # How often the worker says how many connections it dropped, at most.
 DROP_REPORT_S = 10.0
+# Pipelined requests answered on the main loop in one go; a pool thread takes any after them.
+INLINE_PIPELINED = 8
+# With this many connections out on pool threads (streams, mostly), the main loop answers
+# nothing itself and hands every request to the pool, as gthread does: while streams hold the
+# GIL, answers made on the main loop would queue one behind another, /health's among them
+# (500 streams: /health p99 from 190 to 590 ms, the last stream accepted 0.7 s later).
+BUSY_POOL = 8
+# gthread's main loop does its chores (the heartbeat's utime(), getppid(), the timeout sweeps)
+# on every turn, that is, once a request; at most this often is plenty, as every timeout they
+# serve is a second or more.
+CHORES_EVERY_S = 0.05
 
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees at once
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
@@ -76,11 +96,21 @@ class ResponseCut(BrokenPipeError):
     """We ended the response ourselves; gthread treats it as the broken pipe it becomes."""
 
 
-def _aborted(sock: socket.socket) -> bool:
-    try:
-        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == _ABORT
-    except OSError:
-        return True
+class HandOff(Exception):  # noqa: N818 - not an error: a change of thread
+    """The main loop stops here: a pool thread carries on with `rest` (returns keep-alive)."""
+
+    def __init__(self, rest):
+        super().__init__()
+        self.rest = rest
+
+
+class WouldBlock(Exception):  # noqa: N818 - a condition, not an error
+    """On the main loop, the socket took less than was queued; the rest is still queued."""
+
+
+# Sockets we set to reset on close (StreamingResponse._cut), until they are closed: asking
+# the socket instead costs a getsockopt() for every connection that ends.
+_aborted: set[socket.socket] = set()
 
 
 class StreamingResponse(wsgi.Response):
@@ -99,6 +129,8 @@ class StreamingResponse(wsgi.Response):
         self.environ: env.Environ = {}
         self._coalesce: bool | None = None
         self._timeout_s: float | None = None
+        # On the main loop: sends never wait, and a send that would raises WouldBlock.
+        self.inline = False
         self._reset()
 
     def _reset(self) -> None:
@@ -107,6 +139,7 @@ class StreamingResponse(wsgi.Response):
         self._items: list[int] = []  # body size of each queued item, in order
         self._lead = 0  # bytes of response head queued before the first item
         self._pending_body = 0
+        self._handed = 0  # bytes of the queue the socket took before a WouldBlock
 
     # gunicorn's write(), but taking any buffer (a memoryview of a shared block, say) and
     # counting a byte as sent only once the socket took it.
@@ -165,12 +198,15 @@ class StreamingResponse(wsgi.Response):
         parts = [part for part in self._parts if part]
         if not parts:
             return
+        if self.inline:
+            self._flush_now(parts)
+            return
         stream = env.stream_of(self.environ)
         deadline = None
         if stream is not None:
             deadline = stream.deadline
             stream.give_back_turn()
-        handed = 0
+        handed = self._handed
         try:
             while parts:
                 wait_s = self.stall_timeout_s
@@ -189,6 +225,33 @@ class StreamingResponse(wsgi.Response):
                     self._cut(DEADLINE if late else STALLED)
                 handed += sent
                 parts = _advance(parts, sent)
+        except BaseException:
+            self.sent += self._body_within(handed)
+            self._reset()
+            raise
+        self.sent += self._pending_body
+        self._reset()
+
+    def _flush_now(self, parts: list) -> None:
+        """Send what the socket takes at once; keep the rest queued and raise WouldBlock."""
+        handed = self._handed
+        try:
+            while parts:
+                try:
+                    sent = self.sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                if not sent:
+                    # A fresh tail: the queue may hold a view of the old one, which must not
+                    # grow while it is exported.
+                    self._tail = bytearray()
+                    self._parts = [*parts, self._tail]
+                    self._handed = handed
+                    raise WouldBlock
+                handed += sent
+                parts = _advance(parts, sent)
+        except WouldBlock:
+            raise
         except BaseException:
             self.sent += self._body_within(handed)
             self._reset()
@@ -219,6 +282,7 @@ class StreamingResponse(wsgi.Response):
         # otherwise pin the unsent bytes in the kernel for minutes.
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+            _aborted.add(self.sock)
         raise ResponseCut(errno.EPIPE, f"response cut: {outcome}")
 
 
@@ -233,6 +297,37 @@ def _advance(parts: list, sent: int) -> list:
 
 _request = threading.local()
 _gunicorn_create = wsgi.create
+_gunicorn_http_date = util.http_date
+_date: tuple[int, str] = (-1, "")
+
+
+_gunicorn_ip_in_allow_list = message._ip_in_allow_list
+_peers_judged: dict = {}
+
+
+def _ip_in_allow_list(ip_str, allow_list, networks) -> bool:
+    """gunicorn's check of a peer against forwarded_allow_ips (or proxy_allow_ips), which
+    parses the address every request, remembered per address and list (a setting: one list
+    for the worker's life). A flood of other peers only refills it."""
+    key = (ip_str, id(allow_list))
+    known = _peers_judged.get(key)
+    if known is None:
+        if len(_peers_judged) >= 1024:
+            _peers_judged.clear()
+        known = _peers_judged[key] = _gunicorn_ip_in_allow_list(ip_str, allow_list, networks)
+    return known
+
+
+def _http_date(timestamp: float | None = None) -> str:
+    """gunicorn's util.http_date, formatted once a second instead of once a response."""
+    global _date
+    if timestamp is not None:
+        return _gunicorn_http_date(timestamp)
+    now = int(time.time())
+    date = _date
+    if date[0] != now:
+        date = _date = (now, _gunicorn_http_date(now))
+    return date[1]
 
 
 def _create(req, sock, client, server, cfg, response_class=None, response_args=()):
@@ -267,11 +362,14 @@ class Connection(TConn):
         self.deadline = 0.0
         self.received_at_s = 0.0
         self.drained = 0
+        self.whole_head = b""
+        self.inline = False  # a request on it is being answered on the main loop
 
     def close(self, graceful: bool = False) -> None:
-        if graceful and not _aborted(self.sock):
+        if graceful and self.sock not in _aborted:
             self.worker.close_later(self)
         else:
+            _aborted.discard(self.sock)
             util.close(self.sock)
 
 
@@ -294,18 +392,224 @@ class StreamingWorker(ThreadWorker):
         self.dropped_reported_at = time.monotonic()
         self.trimmed_at = time.monotonic()
         self.ended_at_trim = 0
+        self.notified_at = self.parent_checked_at = self.swept_at = 0.0
+        self.addresses: dict = {}  # each listener's own address, asked once
+        self.on_pool = 0  # connections a pool thread is serving
 
     def init_process(self):
         # gthread builds every HTTP/1 response through wsgi.create(); in this worker process
         # (only) it builds ours. The master and other worker classes are untouched.
         wsgi.create = _create
+        util.http_date = _http_date
+        message._ip_in_allow_list = _ip_in_allow_list
         StreamingResponse.stall_timeout_s = self.stall_timeout_s
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        for listener in self.sockets:
+            self.addresses[listener] = listener.getsockname()
+            if self.send_buffer_bytes:
+                # Autotuning lets one stalled stream pin up to 4 MiB of kernel memory, which
+                # Cloud Foundry counts against the instance's memory quota. Linux gives every
+                # accepted connection the listener's buffer size, fixed as set here.
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
         super().init_process()
 
     def handle(self, conn):
         _request.received_at_s = getattr(conn, "received_at_s", None)
         return super().handle(conn)
+
+    # --- answering on the main loop ---------------------------------------------------------
+
+    def answer(self, conn: Connection) -> None:
+        """Answer the requests whose heads are in, here on the main loop, until one needs a
+        pool thread; then gthread's finish_request keeps the connection or closes it."""
+        keepalive: object = False
+        for _ in range(INLINE_PIPELINED):
+            keepalive = self.answer_one(conn)
+            if keepalive is HandOff:
+                return
+            unreader = conn.parser.unreader
+            if not (keepalive and self.alive and unreader.buf.getvalue()):
+                break
+            # Pipelined: the next head may be whole in what was read already.
+            buffered = unreader.take_buffered()
+            unreader.unread(buffered)
+            if not _head_complete(buffered):
+                break
+            conn.whole_head = buffered
+            conn.received_at_s = time.time()
+        else:
+            self.to_pool(conn)  # more pipelined requests: a pool thread takes them
+            return
+        super().finish_request(conn, _Settled(keepalive))
+
+    def answer_one(self, conn: Connection) -> object:
+        """One request, as gthread's handle() would serve it: keep-alive or not, or HandOff
+        once a pool thread has it."""
+        req = None
+        sock = conn.sock
+        try:
+            if sock.gettimeout() != 0.0:
+                sock.setblocking(False)  # nothing on the main loop may wait
+            try:
+                req = next(conn.parser)
+            except BlockingIOError:
+                # gunicorn wants more than the head we saw whole (a bare-LF head, say): the
+                # pool reads it as gthread would, from the start.
+                self.reparse_on_thread(conn)
+                return HandOff
+            if not req:
+                return False
+            if _has_body(req):
+                # Reading a body may wait: the whole request goes to a pool thread.
+                self.hand_off(conn, req, partial(self.handle_request, req, conn))
+                return HandOff
+            conn.inline = True
+            try:
+                return self.handle_request(req, conn)
+            finally:
+                conn.inline = False
+        except HandOff as handed:
+            self.hand_off(conn, req, handed.rest)
+            return HandOff
+        except http.errors.NoMoreData:
+            return False
+        except StopIteration:
+            return False
+        except OSError as error:
+            if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+            return False
+        except Exception as error:
+            self.handle_error(req, sock, conn.client, error)
+            return False
+
+    def reparse_on_thread(self, conn: Connection) -> None:
+        conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(conn.whole_head)
+        self.to_pool(conn)
+
+    def to_pool(self, conn: Connection) -> None:
+        """A pool thread serves `conn` from here, as gthread would."""
+        self.on_pool += 1
+        ThreadWorker.enqueue_req(self, conn)
+
+    def finish_request(self, conn, fs):
+        # Every request that went to the pool comes back here, on the main loop.
+        self.on_pool -= 1
+        super().finish_request(conn, fs)
+
+    def hand_off(self, conn: Connection, req, rest) -> None:
+        """A pool thread runs `rest` (which returns keep-alive), with handle()'s error cover;
+        gthread's finish_request gets the result on the main loop, as for any request."""
+        self.on_pool += 1
+        future = self.tpool.submit(self.carry_on, conn, req, rest)
+        future.add_done_callback(
+            lambda done: self.method_queue.defer(self.finish_request, conn, done)
+        )
+
+    def carry_on(self, conn: Connection, req, rest) -> bool:
+        _request.received_at_s = conn.received_at_s
+        conn.sock.setblocking(True)
+        try:
+            return self._keepalive_after(conn, rest())
+        except http.errors.NoMoreData:
+            return False
+        except StopIteration:
+            return False
+        except OSError as error:
+            if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+            return False
+        except Exception as error:
+            self.handle_error(req, conn.sock, conn.client, error)
+            return False
+
+    def handle_request(self, req, conn):
+        """gthread's handle_request, for HTTP/1 on either thread: on the main loop it stops
+        (HandOff) where the rest might wait, and a pool thread carries on from there."""
+        inline = getattr(conn, "inline", False)
+        environ: env.Environ = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            if inline:
+                _request.received_at_s = conn.received_at_s
+            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive: bool = False
+                resp.force_close()
+            crowded = len(self.keepalived_conns) >= self.max_keepalived
+            if not self.alive or not self.cfg.keepalive or crowded:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            body = iter(respiter)
+            rest = partial(self.send_body, req, conn, resp, environ, respiter, body, request_start)
+            if not inline:
+                return rest()
+            stream = env.stream_of(environ)
+            if stream is not None and not env.brief(environ):
+                raise HandOff(rest)  # a live stream may pause or wait for a turn
+            resp.inline = True
+            resp._timeout_s = 0.0  # the socket is non-blocking here
+            try:
+                return rest()
+            except WouldBlock:
+                resp.inline = False
+                raise HandOff(rest) from None
+        except (OSError, HandOff, StopIteration):
+            raise
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:
+                # As gthread: a started response cannot take a 500; the connection closes.
+                self.log.exception("Error handling request")
+                if not inline:
+                    util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+
+    def send_body(self, req, conn, resp, environ, respiter, body, request_start) -> bool:
+        """The body, the access line, the hooks: the end of gthread's handle_request."""
+        try:
+            try:
+                resp.flush()  # what the main loop could not send, if anything
+                for item in body:
+                    resp.write(item)
+                resp.close()
+            except WouldBlock:
+                raise
+            except BaseException:
+                self.end_request(req, resp, environ, respiter, request_start)
+                raise
+            self.end_request(req, resp, environ, respiter, request_start)
+        except (OSError, WouldBlock):
+            raise
+        except (Exception, SystemExit):
+            if resp.headers_sent:
+                self.log.exception("Error handling request")
+                if not resp.inline:
+                    util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        if resp.should_close():
+            self.log.debug("Closing connection.")
+            return False
+        return True
+
+    def end_request(self, req, resp, environ, respiter, request_start) -> None:
+        try:
+            self.log.access(resp, req, environ, datetime.now() - request_start)
+            if hasattr(respiter, "close"):
+                respiter.close()
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
 
     def handle_error(self, req, client, addr, exc):
         # gunicorn logs a request it could not parse only when it got as far as a request
@@ -336,11 +640,7 @@ class StreamingWorker(ThreadWorker):
                     return
                 raise
             self.nr_conns += 1
-            if self.send_buffer_bytes:
-                # Autotuning lets one stalled stream pin up to 4 MiB of kernel memory, which
-                # Cloud Foundry counts against the instance's memory quota.
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
-            conn = Connection(self, self.cfg, client, address, listener.getsockname())
+            conn = Connection(self, self.cfg, client, address, self.addresses[listener])
             conn.deadline = time.monotonic() + self.header_timeout_s
             self.read_head(conn)
 
@@ -376,7 +676,7 @@ class StreamingWorker(ThreadWorker):
         # gthread calls this for a kept-alive connection that became readable and for one
         # whose buffer already holds the start of its next request (pipelining).
         if not self.reads_heads or not isinstance(conn, Connection):
-            return super().enqueue_req(conn)
+            return self.to_pool(conn)
         if conn.parser is not None:
             conn.head += conn.parser.unreader.take_buffered()
         conn.deadline = time.monotonic() + self.header_timeout_s
@@ -421,11 +721,18 @@ class StreamingWorker(ThreadWorker):
         """The whole head is in: hand the connection to a thread, bytes and all."""
         self.stop_waiting(conn)
         if conn.parser is None:
-            conn.init()  # plain HTTP/1 here: makes the parser, no I/O
-        conn.parser.unreader.unread(bytes(conn.head))
+            # conn.init() for plain HTTP/1, the only kind read here, less its switch of the
+            # socket to blocking: the main loop answers with it non-blocking.
+            conn.initialized = True
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.whole_head = bytes(conn.head)
+        conn.parser.unreader.unread(conn.whole_head)
         conn.head = bytearray()
         conn.received_at_s = time.time()
-        super().enqueue_req(conn)
+        if self.on_pool >= BUSY_POOL:
+            self.to_pool(conn)
+        else:
+            self.answer(conn)
 
     def drop_head(self, conn: Connection, reason: str | None) -> None:
         self.stop_waiting(conn)
@@ -451,10 +758,26 @@ class StreamingWorker(ThreadWorker):
         self.nr_conns -= 1
         self.close_later(conn)
 
+    def notify(self):
+        now = time.monotonic()
+        if now >= self.notified_at + CHORES_EVERY_S or not self.alive:
+            self.notified_at = now
+            super().notify()
+
+    def is_parent_alive(self):
+        now = time.monotonic()
+        if now < self.parent_checked_at + CHORES_EVERY_S:
+            return True
+        self.parent_checked_at = now
+        return super().is_parent_alive()
+
     def murder_pending(self):
         # gthread's own timeout sweep, run on every turn of the main loop; ours ride along.
-        super().murder_pending()
         now = time.monotonic()
+        if now < self.swept_at + CHORES_EVERY_S and self.alive:
+            return
+        self.swept_at = now
+        super().murder_pending()
         while self.heads:
             conn = next(iter(self.heads))
             idle_at_stop = not self.alive and not conn.head
@@ -538,6 +861,19 @@ class StreamingWorker(ThreadWorker):
 _READ = 1  # selectors.EVENT_READ
 
 
+class _Settled:
+    """What gthread's finish_request reads of a request's future, for one answered here."""
+
+    def __init__(self, keepalive: object):
+        self._keepalive = keepalive
+
+    def result(self) -> object:
+        return self._keepalive
+
+    def cancelled(self) -> bool:
+        return False
+
+
 class _UnparsedRequest:
     """What gunicorn's error path needs of a request whose first line did not parse."""
 
@@ -568,7 +904,7 @@ def _head_length(buffered: bytearray, new_bytes: int | None = None) -> int:
 def _refusal_record(conn: Connection, status: int, body_bytes: int) -> RequestRecord:
     peer = conn.client[0] if isinstance(conn.client, tuple) else None
     return RequestRecord(
-        request_id=str(uuid.uuid4()),
+        request_id=observe.new_request_id(),
         method="",
         route=None,
         path="",

@@ -211,6 +211,28 @@ def _download_until_told(port: int, path: str, count: int) -> None:
     print(json.dumps(statuses))
 
 
+# Each attack of tests/test_siege.py, as bench/siege.py measures it too: a name, and what to
+# enter for a server listening on a port.
+ATTACK_S = 8.0
+ATTACKS = {
+    "300 clients that never read a stream of 1 MiB blocks": lambda port: stalled_readers(
+        port, 300, "/streamhtml?nblocks=1024&block_size=1048576"
+    ),
+    "1,600 connections that send one byte of a request head": lambda port: partial_heads(
+        port, 1600
+    ),
+    "3,000 connections that send nothing": lambda port: silent(port, 3000),
+    "10,000 connections that send nothing": lambda port: silent(port, 10_000),
+    "80 HTTP/1.0 clients that never read the answer or close": lambda port: unread_http10(port, 80),
+    "50 downloads of /large.csv at the default cap": lambda port: downloads(
+        port, 50, "/large.csv?rows=1000000"
+    ),
+    "100 clients reading 16-byte blocks as fast as they can": lambda port: downloads(
+        port, 100, "/streamhtml?nblocks=1048576&block_size=16"
+    ),
+}
+
+
 def paced_stream_completes(port: int, nblocks: int = 6, sleep_ms: int = 200) -> bool:
     """A normal client's paced stream, read to its end: does it arrive whole?"""
     path = f"/streamhtml?nblocks={nblocks}&block_size=100&sleep_ms={sleep_ms}"

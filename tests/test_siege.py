@@ -16,27 +16,8 @@ from cf_support import manifest_app, megabytes
 pytestmark = [pytest.mark.slow, pytest.mark.siege]
 
 QUOTA_MIB = megabytes(manifest_app()["memory"])
-ATTACK_S = 8.0
-
-ATTACKS = {
-    "300 clients that never read a stream of 1 MiB blocks": lambda port: siege.stalled_readers(
-        port, 300, "/streamhtml?nblocks=1024&block_size=1048576"
-    ),
-    "1,600 connections that send one byte of a request head": lambda port: siege.partial_heads(
-        port, 1600
-    ),
-    "3,000 connections that send nothing": lambda port: siege.silent(port, 3000),
-    "10,000 connections that send nothing": lambda port: siege.silent(port, 10_000),
-    "80 HTTP/1.0 clients that never read the answer or close": lambda port: siege.unread_http10(
-        port, 80
-    ),
-    "50 downloads of /large.csv at the default cap": lambda port: siege.downloads(
-        port, 50, "/large.csv?rows=1000000"
-    ),
-    "100 clients reading 16-byte blocks as fast as they can": lambda port: siege.downloads(
-        port, 100, "/streamhtml?nblocks=1048576&block_size=16"
-    ),
-}
+ATTACK_S = siege.ATTACK_S
+ATTACKS = siege.ATTACKS
 
 
 @pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())

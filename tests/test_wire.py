@@ -289,3 +289,19 @@ def test_the_samples_ab_load_tests_have_no_failures(server, flags, query, reques
     assert re.search(r"Failed requests:\s+0\b", out), out
     assert re.search(rf"Document Length:\s+{length} bytes", out), out
     assert re.search(r"Non-2xx responses", out) is None, out
+
+
+def test_pipelined_answers_the_socket_cannot_take_at_once_all_arrive_whole(server):
+    # Brief answers are sent from the main loop, which never waits for a socket: once the
+    # client's unread answers fill the socket, the rest is handed to a pool thread.
+    path = "/streamhtml?nblocks=64&block_size=1024"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(12):
+            send_request(sock, path)
+        time.sleep(0.5)  # nothing read yet: well over 256 KiB of answers are waiting
+        reader = sock.makefile("rb")
+        for _ in range(12):
+            reply = read_body(reader, read_head(reader), "GET")
+            assert reply.status == 200
+            assert len(reply.body) == 64 * 1024

@@ -39,9 +39,40 @@ def test_every_gthread_method_the_worker_overrides_or_calls_still_exists():
         "handle_request",
         "handle_error",
         "init_process",
+        "run",
+        "notify",
+        "is_parent_alive",
+        "wait_for_and_dispatch_events",
     ):
         assert callable(getattr(ThreadWorker, name, None)), name
         assert getattr(StreamingWorker, name) is not None
+
+
+def test_the_gunicorn_functions_the_worker_replaces_in_its_process_are_still_looked_up():
+    # StreamingWorker.init_process swaps in faster equivalents of these two, remembered per
+    # second and per peer; gunicorn must still call them through their modules.
+    import inspect
+    import ipaddress
+
+    from gunicorn import util
+    from gunicorn.http import message
+
+    assert "util.http_date()" in inspect.getsource(wsgi.Response.default_headers)
+    assert "_ip_in_allow_list(" in inspect.getsource(message.HeaderPolicy._peer_is_trusted_proxy)
+    networks = [ipaddress.ip_network("10.0.0.0/8")]
+    assert message._ip_in_allow_list("10.1.2.3", ["10.0.0.0/8"], networks)
+    assert not message._ip_in_allow_list("127.0.0.1", ["10.0.0.0/8"], networks)
+    assert util.http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def test_prometheus_clients_value_class_is_read_when_each_value_is_made():
+    # metrics.py counts through its own value class, set on prometheus_client.values.
+    import inspect
+
+    from prometheus_client import metrics as prometheus_metrics
+
+    assert "values.ValueClass(" in inspect.getsource(prometheus_metrics.Counter._metric_init)
+    assert "values.ValueClass(" in inspect.getsource(prometheus_metrics.Histogram._metric_init)
 
 
 class Stop(Exception):
