@@ -433,8 +433,8 @@ class StreamingWorker(ThreadWorker):
             # Pipelined: the next head may be whole in what was read already.
             buffered = unreader.take_buffered()
             unreader.unread(buffered)
-            if not _head_complete(buffered):
-                break
+            if not 0 < _head_length(buffered) <= self.max_head_bytes:
+                break  # gthread's finish_request hands it to enqueue_req: judged there
             conn.whole_head = buffered
             conn.received_at_s = time.time()
         else:
