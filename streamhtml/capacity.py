@@ -38,6 +38,11 @@ CSV_FULL = "csv downloads full"
 MEMORY_FULL = "memory budget full"
 SHUTTING_DOWN = "shutting down"
 
+# The last 1/SMALL_STREAMS_SHARE of the memory budget is kept for small streams: a few hundred
+# clients that never read 1 MiB SSE events (each a copy) would otherwise fill it, and every
+# stream after them, an ordinary paced page among them, would get 503 until they were cut.
+SMALL_STREAMS_SHARE = 8
+
 
 @dataclass(frozen=True)
 class Caps:
@@ -45,6 +50,8 @@ class Caps:
     max_streams_here: int
     max_csv_streams: int
     memory_budget_bytes: int | None
+    # A stream charged more than this is large: it may not take the small streams' share.
+    small_stream_bytes: int | None = None
     csv_route: str = "/large.csv"
 
 
@@ -128,8 +135,12 @@ class Tracker:
             if route == caps.csv_route and self.in_progress(route) >= caps.max_csv_streams:
                 return CSV_FULL
             budget = caps.memory_budget_bytes
-            if budget is not None and self.held_bytes() + cost_bytes > budget:
-                return MEMORY_FULL
+            if budget is not None:
+                small = caps.small_stream_bytes
+                if small is not None and cost_bytes > small:
+                    budget -= budget // SMALL_STREAMS_SHARE
+                if self.held_bytes() + cost_bytes > budget:
+                    return MEMORY_FULL
             self._live[id(stream)] = (stream, route, cost_bytes)
             self._add(self._column[route], 1)
             self._add(_BYTES_COLUMN, cost_bytes)

@@ -330,6 +330,7 @@ def create_app(app_settings: Settings | None = None) -> Flask:
         max_streams_here=app_settings.max_streams_per_worker,
         max_csv_streams=limits.max_csv_streams,
         memory_budget_bytes=app_settings.stream_memory_budget_bytes,
+        small_stream_bytes=stream_base_bytes(limits) + RING_MAX_BLOCK,
     )
     app.extensions["streamhtml.tracker"] = capacity.new_tracker(caps, STREAM_ROUTES)
     app.extensions["streamhtml.turns"] = Turns(limits.producing_streams)

@@ -70,6 +70,21 @@ def test_streams_are_admitted_against_the_memory_budget_and_give_it_back():
     assert tracker.admit(held[2], "/streamhtml", 400) is None
 
 
+def test_large_streams_leave_the_last_eighth_of_the_budget_to_small_ones():
+    budget = 8000
+    tracker = capacity.Tracker(
+        caps(max_streams=100, memory_budget_bytes=budget, small_stream_bytes=100), ROUTES
+    )
+    large = [stream() for _ in range(4)]
+    for each in large[:3]:
+        assert tracker.admit(each, "/streamhtml", 2000) is None
+    assert tracker.admit(large[3], "/streamhtml", 2000) == capacity.MEMORY_FULL  # 8000 > 7000
+    for _ in range(20):
+        assert tracker.admit(stream(), "/streamhtml", 100) is None  # small ones fill it all
+    assert tracker.held_bytes() == budget
+    assert tracker.admit(stream(), "/streamhtml", 100) == capacity.MEMORY_FULL
+
+
 def test_a_dead_workers_slot_is_cleared_by_the_master(two_workers):
     first, _ = two_workers
     worker = SimpleNamespace()
