@@ -201,9 +201,12 @@ class Server:
         WORKER_CLASSES,
         "worker class; sync is for comparison only and has none of the defences",
     )
+    # 516: one worker can carry the instance's whole stream cap (500) with its 16 spare threads,
+    # as gunicorn hands a burst of connections to whichever worker accepts first, and under
+    # 500 at once one worker took 497 or more of them in 2 runs of 7 (tests/test_reliability.py).
     threads: int = number(
         "GUNICORN_THREADS",
-        512,
+        516,
         RESERVED_THREADS + 1,
         4096,
         f"threads per worker; a worker admits at most this many streams less {RESERVED_THREADS}",

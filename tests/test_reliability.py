@@ -55,7 +55,8 @@ async def read_stream(port: int, path: str) -> list[int]:
     writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head[:100]
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise AssertionError(f"{head[:12]!r} {await reader.read(1000)!r}")
     sizes = []
     while (size := int((await reader.readuntil(b"\r\n")).strip(), 16)) != 0:
         sizes.append(len(await reader.readexactly(size)))
