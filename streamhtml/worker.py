@@ -42,8 +42,10 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from functools import partial
+from typing import NoReturn
 
 from gunicorn import http, util
 from gunicorn.http import message, wsgi
@@ -199,48 +201,23 @@ class StreamingResponse(wsgi.Response):
         if not parts:
             return
         if self.inline:
-            self._flush_now(parts)
+            self._send_all(parts, self._send_now)
             return
         stream = env.stream_of(self.environ)
         deadline = None
         if stream is not None:
             deadline = stream.deadline
             stream.give_back_turn()
-        handed = self._handed
-        try:
-            while parts:
-                wait_s = self.stall_timeout_s
-                if deadline is not None:
-                    left_s = deadline - time.monotonic()
-                    if left_s <= 0:
-                        self._cut(DEADLINE)
-                    wait_s = min(wait_s, left_s)
-                if wait_s != self._timeout_s:
-                    self.sock.settimeout(wait_s)
-                    self._timeout_s = wait_s
-                try:
-                    sent = self.sock.sendmsg(parts)
-                except TimeoutError:
-                    late = deadline is not None and time.monotonic() >= deadline
-                    self._cut(DEADLINE if late else STALLED)
-                handed += sent
-                parts = _advance(parts, sent)
-        except BaseException:
-            self.sent += self._body_within(handed)
-            self._reset()
-            raise
-        self.sent += self._pending_body
-        self._reset()
+        self._send_all(parts, partial(self._send_waiting, deadline))
 
-    def _flush_now(self, parts: list) -> None:
-        """Send what the socket takes at once; keep the rest queued and raise WouldBlock."""
+    def _send_all(self, parts: list, send: Callable[[list], int]) -> None:
+        """Hand `parts` to the socket through `send`, counting body bytes as sent once taken.
+        When `send` takes nothing (on the main loop: the socket is full), the rest stays
+        queued and WouldBlock is raised."""
         handed = self._handed
         try:
             while parts:
-                try:
-                    sent = self.sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
+                sent = send(parts)
                 if not sent:
                     # A fresh tail: the queue may hold a view of the old one, which must not
                     # grow while it is exported.
@@ -259,6 +236,30 @@ class StreamingResponse(wsgi.Response):
         self.sent += self._pending_body
         self._reset()
 
+    def _send_waiting(self, deadline: float | None, parts: list) -> int:
+        """One sendmsg that waits no longer than the stall timeout, nor past the deadline."""
+        wait_s = self.stall_timeout_s
+        if deadline is not None:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                self._cut(DEADLINE)
+            wait_s = min(wait_s, left_s)
+        if wait_s != self._timeout_s:
+            self.sock.settimeout(wait_s)
+            self._timeout_s = wait_s
+        try:
+            return self.sock.sendmsg(parts)
+        except TimeoutError:
+            late = deadline is not None and time.monotonic() >= deadline
+            self._cut(DEADLINE if late else STALLED)
+
+    def _send_now(self, parts: list) -> int:
+        """One sendmsg that never waits: 0 when the socket takes nothing."""
+        try:
+            return self.sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
     def _body_within(self, handed: int) -> int:
         """How many body bytes are in the first `handed` bytes of what was queued."""
         handed -= self._lead
@@ -272,7 +273,7 @@ class StreamingResponse(wsgi.Response):
             handed -= size + (len(_CHUNK_END) if self.chunked else 0)
         return body
 
-    def _cut(self, outcome: str):
+    def _cut(self, outcome: str) -> NoReturn:
         stream = env.stream_of(self.environ)
         if stream is not None:
             stream.cut(outcome)
@@ -445,24 +446,28 @@ class StreamingWorker(ThreadWorker):
     def answer_one(self, conn: Connection) -> object:
         """One request, as gthread's handle() would serve it: keep-alive or not, or HandOff
         once a pool thread has it."""
-        req = None
-        sock = conn.sock
+        if conn.sock.gettimeout() != 0.0:
+            conn.sock.setblocking(False)  # nothing on the main loop may wait
+        req = self.covered(conn, None, partial(self.next_request, conn))
+        if req is HandOff or not req:
+            return req or False
+        return self.covered(conn, req, partial(self.answer_inline, conn, req))
+
+    def next_request(self, conn: Connection) -> object:
         try:
-            if sock.gettimeout() != 0.0:
-                sock.setblocking(False)  # nothing on the main loop may wait
-            try:
-                req = next(conn.parser)
-            except BlockingIOError:
-                # gunicorn wants more than the head we saw whole (a bare-LF head, say): the
-                # pool reads it as gthread would, from the start.
-                self.reparse_on_thread(conn)
-                return HandOff
-            if not req:
-                return False
-            if _has_body(req):
-                # Reading a body may wait: the whole request goes to a pool thread.
-                self.hand_off(conn, req, partial(self.handle_request, req, conn))
-                return HandOff
+            return next(conn.parser)
+        except BlockingIOError:
+            # gunicorn wants more than the head we saw whole (a bare-LF head, say): the pool
+            # reads it as gthread would, from the start.
+            self.reparse_on_thread(conn)
+            return HandOff
+
+    def answer_inline(self, conn: Connection, req) -> object:
+        if _has_body(req):
+            # Reading a body may wait: the whole request goes to a pool thread.
+            self.hand_off(conn, req, partial(self.handle_request, req, conn))
+            return HandOff
+        try:
             conn.inline = True
             try:
                 return self.handle_request(req, conn)
@@ -471,16 +476,19 @@ class StreamingWorker(ThreadWorker):
         except HandOff as handed:
             self.hand_off(conn, req, handed.rest)
             return HandOff
-        except http.errors.NoMoreData:
-            return False
-        except StopIteration:
+
+    def covered(self, conn: Connection, req, run) -> object:
+        """run(), under the error cover of gthread's handle(): an error ends the connection."""
+        try:
+            return run()
+        except (http.errors.NoMoreData, StopIteration):
             return False
         except OSError as error:
             if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 self.log.exception("Socket error processing request.")
             return False
         except Exception as error:
-            self.handle_error(req, sock, conn.client, error)
+            self.handle_error(req, conn.sock, conn.client, error)
             return False
 
     def reparse_on_thread(self, conn: Connection) -> None:
@@ -507,22 +515,10 @@ class StreamingWorker(ThreadWorker):
             lambda done: self.method_queue.defer(self.finish_request, conn, done)
         )
 
-    def carry_on(self, conn: Connection, req, rest) -> bool:
+    def carry_on(self, conn: Connection, req, rest) -> object:
         _request.received_at_s = conn.received_at_s
         conn.sock.setblocking(True)
-        try:
-            return self._keepalive_after(conn, rest())
-        except http.errors.NoMoreData:
-            return False
-        except StopIteration:
-            return False
-        except OSError as error:
-            if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                self.log.exception("Socket error processing request.")
-            return False
-        except Exception as error:
-            self.handle_error(req, conn.sock, conn.client, error)
-            return False
+        return self.covered(conn, req, lambda: self._keepalive_after(conn, rest()))
 
     def handle_request(self, req, conn):
         """gthread's handle_request, for HTTP/1 on either thread: on the main loop it stops
@@ -564,12 +560,7 @@ class StreamingWorker(ThreadWorker):
         except (OSError, HandOff, StopIteration):
             raise
         except (Exception, SystemExit):
-            if resp and resp.headers_sent:
-                # As gthread: a started response cannot take a 500; the connection closes.
-                self.log.exception("Error handling request")
-                if not inline:
-                    util.close_graceful(conn.sock)
-                raise StopIteration() from None
+            self.end_started_response(resp, conn, inline)
             raise
 
     def send_body(self, req, conn, resp, environ, respiter, body, request_start) -> bool:
@@ -589,16 +580,21 @@ class StreamingWorker(ThreadWorker):
         except (OSError, WouldBlock):
             raise
         except (Exception, SystemExit):
-            if resp.headers_sent:
-                self.log.exception("Error handling request")
-                if not resp.inline:
-                    util.close_graceful(conn.sock)
-                raise StopIteration() from None
+            self.end_started_response(resp, conn, resp.inline)
             raise
         if resp.should_close():
             self.log.debug("Closing connection.")
             return False
         return True
+
+    def end_started_response(self, resp, conn: Connection, inline: bool) -> None:
+        """As gthread: a response already started cannot take a 500; the connection closes
+        (here, on the main loop, through the poller's lingering close)."""
+        if resp is not None and resp.headers_sent:
+            self.log.exception("Error handling request")
+            if not inline:
+                util.close_graceful(conn.sock)
+            raise StopIteration() from None
 
     def end_request(self, req, resp, environ, respiter, request_start) -> None:
         try:
