@@ -160,7 +160,7 @@ class RequestLogger(glogging.Logger):
     def setup(self, cfg):
         super().setup(cfg)
         settings = load_settings()
-        self.trust = observe.ForwardedTrust(list(cfg.forwarded_allow_ips))
+        self.trust = observe.ForwardedTrust(cfg)
         observe.watch("metrics", metrics.observe_request)
         line = RequestLine(settings.server.log_format, settings.instance.instance_index)
         observe.watch("request line", line if settings.server.log_requests == "on" else None)

@@ -7,7 +7,6 @@ there, whatever the access-log setting, and hands it to the observers registered
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import random
@@ -15,6 +14,8 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from gunicorn.http import message
 
 from . import environ as env
 
@@ -173,38 +174,17 @@ def _response_header(resp, name: str) -> str | None:
 
 
 class ForwardedTrust:
-    """Whether a peer may speak for the client: gunicorn's forwarded_allow_ips, read once."""
+    """Whether a peer may speak for the client, judged as gunicorn's parser judges it (its
+    forwarded_allow_ips check, which StreamingWorker remembers per address)."""
 
-    # Peers remembered; a router is a handful of addresses, a flood of others just refills it.
-    MAX_REMEMBERED = 1024
-
-    def __init__(self, allowed: list[str]):
-        self.everyone = "*" in allowed
-        self.networks = []
-        for entry in allowed:
-            try:
-                self.networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                continue
-        self._known: dict[str | None, bool] = {}
+    def __init__(self, cfg):
+        self.cfg = cfg
 
     def trusts(self, peer: str | None) -> bool:
-        if self.everyone:
-            return True
-        known = self._known.get(peer)
-        if known is None:
-            # Parsing the address costs more than the rest of the record together.
-            if len(self._known) >= self.MAX_REMEMBERED:
-                self._known.clear()
-            known = self._known[peer] = self._judge(peer)
-        return known
-
-    def _judge(self, peer: str | None) -> bool:
-        try:
-            address = ipaddress.ip_address(peer or "")
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+        cfg = self.cfg
+        return message._ip_in_allow_list(
+            peer or "", cfg.forwarded_allow_ips, cfg.forwarded_allow_networks()
+        )
 
 
 def build_record(

@@ -42,6 +42,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -112,7 +113,8 @@ class WouldBlock(Exception):  # noqa: N818 - a condition, not an error
 
 # Sockets we set to reset on close (StreamingResponse._cut), until they are closed: asking
 # the socket instead costs a getsockopt() for every connection that ends.
-_aborted: set[socket.socket] = set()
+# Weak, so a socket closed by any other path is not kept.
+_aborted: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 
 class StreamingResponse(wsgi.Response):
@@ -309,7 +311,8 @@ _peers_judged: dict = {}
 def _ip_in_allow_list(ip_str, allow_list, networks) -> bool:
     """gunicorn's check of a peer against forwarded_allow_ips (or proxy_allow_ips), which
     parses the address every request, remembered per address and list (a setting: one list
-    for the worker's life). A flood of other peers only refills it."""
+    for the worker's life). A flood of other peers only refills it. The request line asks
+    it too (observe.ForwardedTrust)."""
     key = (ip_str, id(allow_list))
     known = _peers_judged.get(key)
     if known is None:

@@ -190,10 +190,15 @@ def test_a_text_log_line_cannot_be_forged_with_a_newline_in_the_path(start_serve
     assert not any("\x00" in line or "\r" in line for line in lines)
 
 
-def test_the_log_keeps_the_peer_and_the_forwarded_chain_apart(start_server):
-    server = start_server({"FORWARDED_ALLOW_IPS": "10.0.0.1"})
-    request(server.port, "/health", headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
-    (line,) = server.wait_for_request(forwarded_for="203.0.113.9, 198.51.100.7")
-    assert line["peer_addr"] == "127.0.0.1"
-    assert line["forwarded_trusted"] is False, "127.0.0.1 is not in FORWARDED_ALLOW_IPS"
-    assert "remote_addr" not in line
+@pytest.mark.parametrize(
+    ("allowed", "trusted"), [("10.0.0.1", False), ("127.0.0.0/8", True), ("*", True)]
+)
+def test_the_log_keeps_the_peer_and_the_forwarded_chain_apart(start_server, allowed, trusted):
+    server = start_server({"FORWARDED_ALLOW_IPS": allowed})
+    for _ in range(2):  # the second answer comes from what the worker remembers of the peer
+        request(server.port, "/health", headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
+    lines = server.wait_for_request(forwarded_for="203.0.113.9, 198.51.100.7", count=2)
+    for line in lines:
+        assert line["peer_addr"] == "127.0.0.1"
+        assert line["forwarded_trusted"] is trusted, f"127.0.0.1 against {allowed}"
+        assert "remote_addr" not in line
