@@ -1,0 +1,77 @@
+"""A quick A/B for per-request work: project trees beside the minimal app, rounds interleaved.
+
+`make bench` is the measurement of record; this is the loop for trying a change. Each round
+runs the same `ab` load against every tree and the minimal app, one after another, so the
+machine's drift hits them alike; each row is the median of the rounds and of the per-round
+ratios to the minimal app. CPU per request is the server's (master and workers, from /proc).
+
+    .venv/bin/python bench/compare.py . /tmp/my-change --rounds 6
+    .venv/bin/python bench/compare.py . --path /health
+
+Give each tree as a checkout (`git worktree add /tmp/my-change`); run it on an idle machine.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import run as bench
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trees", nargs="+", type=Path, help="project trees to serve")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("-n", "--requests", type=int, default=3000, help="ab requests a round")
+    parser.add_argument("--path", default="/streamhtml?nblocks=16&block_size=1024")
+    parser.add_argument("--ab", default="-c 2", help="ab's options, e.g. '-k -c 2'")
+    args = parser.parse_args()
+
+    bench.ensure_tools()
+    bench.raise_fd_limit()
+    tmp = Path(tempfile.mkdtemp(prefix="streamhtml-compare-"))
+    bench.OUT.mkdir(parents=True, exist_ok=True)
+    bench.RAW = open(bench.OUT / "compare.log", "w")  # noqa: SIM115 - open for the whole run
+    servers: dict[str, bench.Server] = {}
+    for index, tree in enumerate(args.trees):
+        started = bench.start_servers(argparse.Namespace(project=tree.resolve(), env={}), tmp, 0)
+        project = started["project"]
+        project.log = bench.OUT / f"compare-{index}.log"
+        servers[f"{index}: {tree}"] = project
+    servers["minimal app"] = started["minimal"]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
+    try:
+        for server in servers.values():
+            server.start()
+        for round_no in range(1, args.rounds + 1):
+            for name, server in servers.items():
+                cpu_us, rps = bench.cpu_per_request(
+                    name, server, args.path, args.requests, args.ab.split()
+                )
+                results[name].append((rps, cpu_us))
+            line = ", ".join(f"{name} {rps:.0f} req/s" for name, ((rps, _),) in _last(results))
+            print(f"round {round_no}: {line}", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    base = [rps for rps, _ in results["minimal app"]]
+    print(f"\n{'server':<40} {'req/s':>7} {'CPU µs/req':>10} {'÷ minimal':>9}  per round")
+    for name, rows in results.items():
+        ratios = [rps / base_rps for (rps, _), base_rps in zip(rows, base, strict=True)]
+        print(
+            f"{name:<40} {statistics.median(r for r, _ in rows):>7.0f}"
+            f" {statistics.median(c for _, c in rows):>10.0f}"
+            f" {statistics.median(ratios):>9.2f}  {' '.join(f'{r:.2f}' for r in ratios)}"
+        )
+    return 0
+
+
+def _last(results: dict) -> list:
+    return [(name, rows[-1:]) for name, rows in results.items()]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
