@@ -236,6 +236,7 @@ ATTACKS = {
     "100 clients reading 16-byte blocks as fast as they can": lambda port: downloads(
         port, 100, "/streamhtml?nblocks=1048576&block_size=16"
     ),
+    "100 clients scraping /metrics over and over": lambda port: downloads(port, 100, "/metrics"),
 }
 
 
