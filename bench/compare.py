@@ -12,7 +12,6 @@ Give each tree as a checkout (`git worktree add /tmp/my-change`); run it on an i
 """
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -31,9 +30,28 @@ def main() -> int:
 
     bench.ensure_tools()
     bench.raise_fd_limit()
-    tmp = Path(tempfile.mkdtemp(prefix="streamhtml-compare-"))
     bench.OUT.mkdir(parents=True, exist_ok=True)
-    bench.RAW = open(bench.OUT / "compare.log", "w")  # noqa: SIM115 - open for the whole run
+    with (
+        tempfile.TemporaryDirectory(prefix="streamhtml-compare-") as tmp_name,
+        open(bench.OUT / "compare.log", "w") as bench.RAW,
+    ):
+        results = measure(args, Path(tmp_name))
+
+    base = [rps for rps, _ in results["minimal app"]]
+    print(f"\n{'server':<40} {'req/s':>7} {'CPU µs/req':>10} {'÷ minimal':>9}  per round")
+    for name, rows in results.items():
+        # A round whose ab run failed is nan; bench.median leaves it out, as make bench does.
+        ratios = [rps / base_rps for (rps, _), base_rps in zip(rows, base, strict=True)]
+        print(
+            f"{name:<40} {bench.median(r for r, _ in rows):>7.0f}"
+            f" {bench.median(c for _, c in rows):>10.0f}"
+            f" {bench.median(ratios):>9.2f}  {' '.join(f'{r:.2f}' for r in ratios)}"
+        )
+    return 0
+
+
+def measure(args, tmp: Path) -> dict[str, list[tuple[float, float]]]:
+    """(req/s, CPU µs a request) of each server, a pair a round."""
     servers: dict[str, bench.Server] = {}
     for index, tree in enumerate(args.trees):
         started = bench.start_servers(argparse.Namespace(project=tree.resolve(), env={}), tmp, 0)
@@ -51,26 +69,12 @@ def main() -> int:
                     name, server, args.path, args.requests, args.ab.split()
                 )
                 results[name].append((rps, cpu_us))
-            line = ", ".join(f"{name} {rps:.0f} req/s" for name, ((rps, _),) in _last(results))
+            line = ", ".join(f"{name} {rows[-1][0]:.0f} req/s" for name, rows in results.items())
             print(f"round {round_no}: {line}", flush=True)
     finally:
         for server in servers.values():
             server.stop()
-
-    base = [rps for rps, _ in results["minimal app"]]
-    print(f"\n{'server':<40} {'req/s':>7} {'CPU µs/req':>10} {'÷ minimal':>9}  per round")
-    for name, rows in results.items():
-        ratios = [rps / base_rps for (rps, _), base_rps in zip(rows, base, strict=True)]
-        print(
-            f"{name:<40} {statistics.median(r for r, _ in rows):>7.0f}"
-            f" {statistics.median(c for _, c in rows):>10.0f}"
-            f" {statistics.median(ratios):>9.2f}  {' '.join(f'{r:.2f}' for r in ratios)}"
-        )
-    return 0
-
-
-def _last(results: dict) -> list:
-    return [(name, rows[-1:]) for name, rows in results.items()]
+    return results
 
 
 if __name__ == "__main__":
