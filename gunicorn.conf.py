@@ -26,6 +26,9 @@ from streamhtml.settings import SettingsError, load_settings  # noqa: E402
 try:
     _settings = load_settings()
 except SettingsError as error:
+    # on_exit never runs for a start refused here: the metrics directory goes now.
+    if _metrics_dir_made_here:
+        shutil.rmtree(_metrics_dir_made_here, ignore_errors=True)
     # SystemExit passes through gunicorn's config loader: one clear line, no traceback.
     sys.exit(f"streamhtml: invalid setting: {error}")
 _server = _settings.server

@@ -258,11 +258,16 @@ def test_log_format_text_is_for_a_terminal(start_server):
         ("GUNICORN_WORKER_CLASS", "eventlet"),
     ],
 )
-def test_an_invalid_setting_stops_the_start_and_names_the_variable(start_server, variable, value):
-    server = start_server({variable: value}, wait=False)
+def test_an_invalid_setting_stops_the_start_and_names_the_variable(
+    start_server, tmp_path, variable, value
+):
+    temp_dir = tmp_path / "temp"
+    temp_dir.mkdir()
+    server = start_server({variable: value, "TMPDIR": str(temp_dir)}, wait=False)
     assert server.process.wait(20) != 0
     assert f"invalid setting: {variable}" in server.log()
     assert "Traceback" not in server.log()
+    assert not list(temp_dir.iterdir()), "the refused start left its metrics directory behind"
 
 
 def test_a_non_numeric_web_concurrency_stops_the_start_too(start_server):
