@@ -310,3 +310,43 @@ def test_pipelined_answers_the_socket_cannot_take_at_once_all_arrive_whole(serve
             reply = read_body(reader, read_head(reader), "GET")
             assert reply.status == 200
             assert len(reply.body) == 64 * 1024
+
+
+# The last answer on a connection must arrive whole however the client goes on sending. A
+# close() with client bytes unread resets the connection, and a reset throws away what the
+# server's socket has not sent yet. So the server lingers (RFC 9112 §9.6) whenever the client
+# may still be sending: it sent a body, more requests, or did not ask to close. A client that
+# asked to close and sent nothing more is closed at once.
+BIG = b"GET /streamhtml?nblocks=64&block_size=16384 "
+LAST_ANSWERS = [
+    # (what the client sends first, what it sends while the answer is still on its way)
+    (BIG + b"HTTP/1.0\r\n\r\n", b""),
+    (BIG + b"HTTP/1.1\r\nConnection: close\r\n\r\n", b""),
+    (BIG + b"HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"b" * 1000, b"b" * 60_000),
+    (BIG + b"HTTP/1.0\r\n\r\n" + b"GET /health HTTP/1.0\r\n\r\n", b""),
+    (BIG + b"HTTP/1.0\r\n\r\n", b"GET /health HTTP/1.0\r\n\r\n"),
+    (BIG + b"HTTP/1.1\r\nConnection: close\r\n\r\n", b"GET /health HTTP/1.1\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize(
+    "first, then",
+    LAST_ANSWERS,
+    ids=["http/1.0", "close", "body", "pipelined", "sent after 1.0", "sent after close"],
+)
+def test_the_last_answer_arrives_whole_however_the_client_goes_on_sending(server, first, then):
+    with socket.socket() as sock:
+        # A small window: most of the answer is still in the server's socket when it closes.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(first)
+        time.sleep(0.3)
+        sock.sendall(then)
+        time.sleep(0.1)
+        received = bytearray()
+        while data := sock.recv(65536):  # a reset raises ConnectionResetError here
+            received += data
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] 200 ", head), head
+    assert body.count(b"<br>\n") == 64, "the answer was cut short"

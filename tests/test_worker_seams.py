@@ -75,6 +75,21 @@ def test_prometheus_clients_value_class_is_read_when_each_value_is_made():
     assert "values.ValueClass(" in inspect.getsource(prometheus_metrics.Histogram._metric_init)
 
 
+def test_a_settled_config_answers_as_gunicorns_without_its_getattr():
+    # StreamingWorker.init_process copies every setting onto the worker's Config
+    # (worker._settle): gunicorn must still read settings as attributes, through __getattr__.
+    from streamhtml.worker import _settle
+
+    cfg = Config()
+    cfg.set("keepalive", 75)
+    properties = ("is_ssl", "worker_class_str", "address", "sendfile", "reuse_port")
+    before = {name: getattr(cfg, name) for name in (*cfg.settings, *properties)}
+    assert "keepalive" not in vars(cfg), "gunicorn keeps settings out of the instance"
+    _settle(cfg)
+    assert {name: getattr(cfg, name) for name in (*cfg.settings, *properties)} == before
+    assert vars(cfg)["keepalive"] == 75
+
+
 class Stop(Exception):
     pass
 
