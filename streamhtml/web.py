@@ -9,6 +9,7 @@ from functools import cached_property, partial
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from flask.sessions import NullSession, SessionInterface
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import __version__, capacity, metrics, observe
@@ -60,6 +61,19 @@ AUTOTUNED_SEND_BUFFER_BYTES = 4 * 1024 * 1024
 BRIEF_BYTES = 64 * 1024
 # An SSE event's framing past its data: `id: N`, `event: block`, `data: `, blank line.
 SSE_FRAMING_BYTES = 64
+
+
+class LiveResponse(Response):
+    """A live stream's answer. Werkzeug copies a response's headers before it is sent, to fix
+    a Location, a Content-Location or a missing Content-Length; a stream has none of those,
+    so its headers go out as they are."""
+
+    def get_wsgi_headers(self, environ) -> Headers:
+        return self.headers
+
+
+def stream_headers(content_type: str) -> list[tuple[str, str]]:
+    return [*STREAM_HEADERS.items(), ("Content-Type", content_type)]
 
 
 def stream_base_bytes(limits: Limits) -> int:
@@ -211,9 +225,9 @@ def stream(
     `most_bytes`, when known, bounds the body. HEAD gets the same headers and nothing else: no
     admission, no generator.
     """
-    headers = dict(STREAM_HEADERS)
+    headers = stream_headers(content_type)
     if request.method == "HEAD":
-        return Response(iter(()), content_type=content_type, headers=headers)
+        return Response(iter(()), headers=headers)
     environ = request.environ
     chunks = make_chunks()
     if not env.sends_buffers(environ):
@@ -236,7 +250,7 @@ def stream(
     live.on_release(partial(streams.release, live))
     env.attach_stream(environ, live)
     # direct_passthrough hands our iterable to gunicorn as is: no per-chunk wrapper in between.
-    return Response(live, content_type=content_type, headers=headers, direct_passthrough=True)
+    return LiveResponse(live, headers=headers, direct_passthrough=True)
 
 
 def over_capacity(reason: str) -> Response:

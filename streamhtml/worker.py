@@ -95,6 +95,14 @@ _CHUNK_END = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
+# Response fields gunicorn's checks passed unchanged, by (name, value). Most fields repeat on
+# every response (the stream headers, the content types), and each check is two regular
+# expressions, a lower() and a hop-by-hop lookup. Bounded: request ids and timings differ every
+# time, and past this many the rest are checked every time, as before.
+MAX_PASSED_FIELDS = 256
+_passed_fields: dict[tuple[str, str], None] = {}
+
+
 class ResponseCut(BrokenPipeError):
     """We ended the response ourselves; gthread treats it as the broken pipe it becomes."""
 
@@ -177,6 +185,24 @@ class StreamingResponse(wsgi.Response):
             self._coalesce = env.coalescable(self.environ)
         if not self._coalesce or self._pending_body >= SEND_BYTES or len(self._parts) > MAX_PARTS:
             self.flush()
+
+    def process_headers(self, headers) -> None:
+        passed = _passed_fields
+        for field in headers:
+            if type(field) is tuple and field in passed:
+                self.headers.append(field)
+                continue
+            held = len(self.headers)
+            super().process_headers((field,))
+            # A Content-Length also sets response_length: it is checked every time.
+            if (
+                len(self.headers) == held + 1
+                and self.headers[-1] == field
+                and type(field) is tuple
+                and field[0].lower() != "content-length"
+                and len(passed) < MAX_PASSED_FIELDS
+            ):
+                passed[field] = None
 
     def send_headers(self) -> None:
         # Queued, not sent: they leave with the first body bytes, in the same write.

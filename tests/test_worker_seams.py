@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from gunicorn.config import Config
 from gunicorn.http import wsgi
+from gunicorn.http.errors import InvalidResponseHeader, InvalidResponseHeaderName
 from gunicorn.workers.gthread import ThreadWorker
 from packaging.requirements import Requirement
 from support import REPO
@@ -187,6 +188,41 @@ def test_head_sends_the_head_and_no_body():
     assert wire_bytes(StreamingResponse, [b"x" * 10], method="HEAD") == wire_bytes(
         wsgi.Response, [b"x" * 10], method="HEAD"
     )
+
+
+FIELDS = {
+    "plain": [("Content-Type", "text/html"), ("X-Thing", "  padded\t")],
+    "length": [("Content-Length", "3"), ("Content-Type", "text/plain")],
+    "hop by hop": [("Connection", "close"), ("Keep-Alive", "timeout=5"), ("X-After", "1")],
+    "upgrade": [("Connection", "Upgrade"), ("Upgrade", "websocket")],
+    "lists": [["X-List", "1"], ("X-Tuple", "2")],
+}
+
+
+@pytest.mark.parametrize("fields", FIELDS.values(), ids=FIELDS.keys())
+def test_response_fields_are_kept_as_gunicorn_keeps_them_first_time_and_after(fields):
+    # StreamingResponse remembers fields that passed gunicorn's checks as they were.
+    def kept(response_class):
+        req = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
+        resp = response_class(req, RecordingSocket(), Config())
+        resp.process_headers(fields)
+        return resp.headers, resp.response_length, resp.upgrade
+
+    expected = kept(wsgi.Response)
+    assert kept(StreamingResponse) == expected
+    assert kept(StreamingResponse) == expected, "different once remembered"
+
+
+@pytest.mark.parametrize(
+    "field", [("Bad Name", "x"), ("X-Bad", "line\r\nbreak"), (b"X-Bytes", "x"), ("X-Int", 1)]
+)
+def test_a_response_field_gunicorn_refuses_is_refused_every_time(field):
+    refusals = (TypeError, InvalidResponseHeader, InvalidResponseHeaderName)
+    for _ in range(2):
+        with pytest.raises(refusals):
+            wsgi.Response(SimpleNamespace(), None, Config()).process_headers([field])
+        with pytest.raises(refusals):
+            StreamingResponse(SimpleNamespace(), None, Config()).process_headers([field])
 
 
 def test_a_gathered_body_goes_out_in_writes_of_about_64_kib():
