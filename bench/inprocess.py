@@ -1,0 +1,164 @@
+"""Per-request CPU, measured in one process: the worker's own main-loop path, no network.
+
+Each request is the head `ab` sends, answered by StreamingWorker.answer_one (gunicorn's
+parser, wsgi.create, Flask and the app, the access line and the metrics, the one sendmsg) over
+a socketpair, with the caches warm. It leaves out what only a server does (accept, the poller,
+the close) and what the kernel and `ab` cost, so its figures are lower than a server's CPU per
+request (bench/PROFILE.md says by how much); what it is for is telling two trees apart. On a
+shared VM the wire's req/s moves by ±10 % from one minute to the next; this, run interleaved,
+by about 2 %.
+
+    .venv/bin/python bench/inprocess.py . /tmp/my-change --rounds 6   # A/B, interleaved
+    .venv/bin/python bench/inprocess.py . --profile 30                # where the time goes
+
+Give each tree as a checkout (`git worktree add /tmp/my-change`). Each figure is the best of
+5 timed batches in a fresh process; each tree's line gives the smallest and the median over
+rounds.
+"""
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import timeit
+from pathlib import Path
+
+HEAD = (
+    b"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:8080\r\nUser-Agent: ApacheBench/2.3\r\n"
+    b"Accept: */*\r\n\r\n"
+)
+DEFAULT_PATH = "/streamhtml?nblocks=16&block_size=1024"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trees", nargs="+", type=Path, help="project trees to measure")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("-n", "--requests", type=int, default=1500, help="requests a batch")
+    parser.add_argument("--path", default=DEFAULT_PATH)
+    parser.add_argument("--profile", type=int, metavar="LINES", help="cProfile one tree instead")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child's run
+    args = parser.parse_args()
+    if args.one:
+        return measure_here(args)
+    if args.profile:
+        return run_child(args.trees[0], args, ["--profile", str(args.profile)], show=True)
+
+    figures: dict[Path, list[float]] = {tree: [] for tree in args.trees}
+    for round_number in range(1, args.rounds + 1):
+        for tree in args.trees:
+            figures[tree].append(run_child(tree, args))
+        print(
+            f"round {round_number}: " + ", ".join(f"{t} {f[-1]:.1f} µs" for t, f in figures.items())
+        )
+    print(f"\n{'tree':<40} {'best µs':>8} {'median µs':>10}")
+    for tree, values in figures.items():
+        print(f"{str(tree):<40} {min(values):>8.1f} {statistics.median(values):>10.1f}")
+    return 0
+
+
+def run_child(tree: Path, args, extra=(), show=False):
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        str(tree.resolve()),
+        "--one",
+        "-n",
+        str(args.requests),
+        "--path",
+        args.path,
+        *extra,
+    ]
+    with tempfile.TemporaryDirectory(prefix="streamhtml-inprocess-") as metrics_dir:
+        environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        done = subprocess.run(
+            command, cwd=tree, env=environment, capture_output=not show, text=True
+        )
+    if done.returncode:
+        last_line = (done.stderr or "").strip().splitlines()[-1:] or ["(see above)"]
+        sys.exit(f"{tree}: the measurement failed: {last_line[0]}")
+    return 0 if show else float(done.stdout.split()[-1])
+
+
+def measure_here(args) -> int:
+    """In a child whose cwd is the tree: build the worker's pieces and time answer_one."""
+    sys.path.insert(0, os.getcwd())
+    answer_one, first_answer = request_path(args.path.encode())
+    # The first request's one-off work (metric children, caches) is not timed; its answer is
+    # checked, so a tree that fails the request cannot look fast.
+    status_line = first_answer().split(b"\r\n", 1)[0]
+    if not status_line.startswith(b"HTTP/1.0 200 "):
+        sys.exit(f"the first request was not answered 200: {status_line!r}")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [answer_one() for _ in range(args.requests)])
+        stats = pstats.Stats(profiler)
+        print(f"{stats.total_calls / args.requests:.0f} function calls a request")
+        stats.sort_stats("tottime").print_stats(args.profile)
+        return 0
+    batches = timeit.repeat(answer_one, number=args.requests, repeat=5)
+    print(f"{min(batches) / args.requests * 1e6:.1f}")
+    return 0
+
+
+def request_path(path: bytes):
+    """Functions that serve one request through the worker's main-loop path: the first
+    returns the byte count the client got, the second those bytes."""
+    from gunicorn import util
+    from gunicorn.config import Config
+    from gunicorn.http import message, wsgi
+    from gunicorn.http.parser import RequestParser
+
+    from app import app  # the tree's own WSGI entry
+    from streamhtml import logs, observe
+    from streamhtml import worker as streaming
+
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    # What StreamingWorker.init_process does in a worker process.
+    getattr(streaming, "_settle", lambda cfg: None)(cfg)
+    wsgi.create = streaming._create
+    util.http_date = streaming._http_date
+    message._ip_in_allow_list = streaming._ip_in_allow_list
+
+    log = logs.RequestLogger(cfg)  # its setup() starts the request line and the metrics
+    null_fd = os.open(os.devnull, os.O_WRONLY)
+    for observer in observe._observers.values():
+        if isinstance(observer, logs.RequestLine):
+            observer.fd = null_fd  # the line is made and written, to nowhere
+
+    worker = object.__new__(streaming.StreamingWorker)
+    worker.cfg, worker.log, worker.wsgi = cfg, log, app
+    worker.nr, worker.max_requests, worker.alive = 0, sys.maxsize, True
+    worker.keepalived_conns, worker.max_keepalived, worker.nr_conns = [], 100, 1
+
+    server_end, client_end = socket.socketpair()
+    server_end.setblocking(False)
+    server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    client_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    head = HEAD.replace(b"{path}", path)
+    received = bytearray(1 << 20)
+
+    def answer_one():
+        conn = object.__new__(streaming.Connection)
+        conn.sock, conn.client, conn.server = server_end, ("127.0.0.1", 40000), ("127.0.0.1", 8080)
+        conn.parser = RequestParser(cfg, server_end, conn.client)
+        conn.parser.unreader.unread(head)
+        conn.whole_head, conn.received_at_s, conn.inline, conn.client_done = head, 0.0, False, False
+        worker.answer_one(conn)
+        return client_end.recv_into(received)
+
+    def first_answer() -> bytes:
+        return bytes(received[: answer_one()])
+
+    return answer_one, first_answer
+
+
+if __name__ == "__main__":
+    sys.exit(main())
