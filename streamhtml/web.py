@@ -226,24 +226,27 @@ def stream(
     admission, no generator.
     """
     headers = stream_headers(content_type)
-    if request.method == "HEAD":
-        return Response(iter(()), headers=headers)
     environ = request.environ
+    if environ["REQUEST_METHOD"] == "HEAD":
+        return Response(iter(()), headers=headers)
     chunks = make_chunks()
     if not env.sends_buffers(environ):
         chunks = map(bytes, chunks)  # a server that takes bytes only (sync, test client)
-    turns = current_app.extensions["streamhtml.turns"]
+    extensions = current_app.extensions
+    turns = extensions["streamhtml.turns"]
     if pace is None:
         # Nothing to wait for between items: the worker may batch their sends.
         env.mark_coalescable(environ)
         if most_bytes is not None and most_bytes + len(preamble) <= BRIEF_BYTES:
             env.mark_brief(environ)
             turns = None
-    duration_s = settings().limits.max_stream_duration_s
-    live = LiveStream(chunks, env.client_socket(environ), duration_s, pace, preamble, turns)
-    streams = tracker()
+    limits = extensions["streamhtml"].limits
+    live = LiveStream(
+        chunks, env.client_socket(environ), limits.max_stream_duration_s, pace, preamble, turns
+    )
+    streams = extensions["streamhtml.tracker"]
     route = env.route_of(environ) or request.path
-    refused = streams.admit(live, route, stream_base_bytes(settings().limits) + held_bytes)
+    refused = streams.admit(live, route, stream_base_bytes(limits) + held_bytes)
     if refused:
         live.close()
         return over_capacity(refused)
