@@ -14,10 +14,15 @@ import tempfile
 # prometheus_client picks multiprocess mode from this variable when it is first imported, so it
 # is set before anything imports it; workers inherit it. The directory is the one thing the
 # app writes at run time, a fresh one in the temp dir per server start, removed on exit.
+# SIGHUP runs this file again in the same master: the second variable says the directory is
+# still the one made here, so the reloaded on_exit removes it too. One the operator gave is
+# never removed.
+_MADE_HERE = "STREAMHTML_MADE_METRICS_DIR"
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streamhtml-metrics-")
-    _metrics_dir_made_here = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-else:
+    os.environ[_MADE_HERE] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+_metrics_dir_made_here = os.environ.get(_MADE_HERE)
+if _metrics_dir_made_here != os.environ["PROMETHEUS_MULTIPROC_DIR"]:
     _metrics_dir_made_here = None
 
 from streamhtml import capacity, logs, memory, metrics  # noqa: E402

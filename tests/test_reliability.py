@@ -238,8 +238,8 @@ def test_sigterm_finishes_short_streams_cuts_long_ones_and_exits_before_sigkill(
         sock.close()
 
 
-def test_sighup_reloads_and_keeps_serving(start_server):
-    server = start_server()
+def test_sighup_reloads_and_keeps_serving(start_server, tmp_path):
+    server = start_server({"TMPDIR": str(tmp_path)})
     old_workers = set(server.worker_pids())
     server.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 15
@@ -249,6 +249,10 @@ def test_sighup_reloads_and_keeps_serving(start_server):
         time.sleep(0.1)
     reply = request(server.port, "/streamhtml?nblocks=3&block_size=10")
     assert [len(chunk) for chunk in reply.chunks] == [10, 10, 10]
+    # The reloaded configuration still removes the metrics directory the first one made.
+    assert list(tmp_path.glob("streamhtml-metrics-*")), "the server keeps its metrics in TMPDIR"
+    assert server.stop() == 0
+    assert list(tmp_path.glob("streamhtml-metrics-*")) == []
 
 
 def test_a_sigkilled_worker_is_replaced_and_service_continues(start_server):
