@@ -6,14 +6,17 @@ a socketpair, with the caches warm. It leaves out what only a server does (accep
 the close) and what the kernel and `ab` cost, so its figures are lower than a server's CPU per
 request (bench/PROFILE.md says by how much); what it is for is telling two trees apart. On a
 shared VM the wire's req/s moves by ±10 % from one minute to the next; this, run interleaved,
-by about 2 %.
+by a few per cent.
 
     .venv/bin/python bench/inprocess.py . /tmp/my-change --rounds 6   # A/B, interleaved
+    .venv/bin/python bench/inprocess.py . minimal --rounds 6          # beside the baseline
     .venv/bin/python bench/inprocess.py . --profile 30                # where the time goes
 
-Give each tree as a checkout (`git worktree add /tmp/my-change`). Each figure is the best of
-5 timed batches in a fresh process; each tree's line gives the smallest and the median over
-rounds.
+Give each tree as a checkout (`git worktree add /tmp/my-change`); `minimal` stands for
+bench/minimal_app.py served the way gunicorn's sync worker serves it (its parser, wsgi.create,
+one sendall per item; no access line), the baseline `make bench` compares against. Each
+figure is the best of 5 timed batches in a fresh process; each tree's line gives the smallest
+and the median over rounds.
 """
 
 import argparse
@@ -31,17 +34,20 @@ HEAD = (
     b"Accept: */*\r\n\r\n"
 )
 DEFAULT_PATH = "/streamhtml?nblocks=16&block_size=1024"
+BENCH = Path(__file__).resolve().parent
+MINIMAL = "minimal"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("trees", nargs="+", type=Path, help="project trees to measure")
+    parser.add_argument("trees", nargs="+", type=Path, help="project trees, or minimal")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("-n", "--requests", type=int, default=1500, help="requests a batch")
     parser.add_argument("--path", default=DEFAULT_PATH)
     parser.add_argument("--profile", type=int, metavar="LINES", help="cProfile one tree instead")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child's run
-    args = parser.parse_args()
+    parser.add_argument("--minimal", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_intermixed_args()
     if args.one:
         return measure_here(args)
     if args.profile:
@@ -61,6 +67,8 @@ def main() -> int:
 
 
 def run_child(tree: Path, args, extra=(), show=False):
+    if str(tree) == MINIMAL:
+        tree, extra = BENCH, [*extra, "--minimal"]
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -86,7 +94,8 @@ def run_child(tree: Path, args, extra=(), show=False):
 def measure_here(args) -> int:
     """In a child whose cwd is the tree: build the worker's pieces and time answer_one."""
     sys.path.insert(0, os.getcwd())
-    answer_one, first_answer = request_path(args.path.encode())
+    make_path = minimal_request_path if args.minimal else request_path
+    answer_one, first_answer = make_path(args.path.encode())
     # The first request's one-off work (metric children, caches) is not timed; its answer is
     # checked, so a tree that fails the request cannot look fast.
     status_line = first_answer().split(b"\r\n", 1)[0]
@@ -152,6 +161,42 @@ def request_path(path: bytes):
         conn.parser.unreader.unread(head)
         conn.whole_head, conn.received_at_s, conn.inline, conn.client_done = head, 0.0, False, False
         worker.answer_one(conn)
+        return client_end.recv_into(received)
+
+    def first_answer() -> bytes:
+        return bytes(received[: answer_one()])
+
+    return answer_one, first_answer
+
+
+def minimal_request_path(path: bytes):
+    """As request_path, for the minimal app under gunicorn's sync worker's own steps."""
+    from gunicorn.config import Config
+    from gunicorn.http import wsgi
+    from gunicorn.http.parser import RequestParser
+    from minimal_app import app
+
+    cfg = Config()
+    server_end, client_end = socket.socketpair()
+    server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    client_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    head = HEAD.replace(b"{path}", path)
+    received = bytearray(1 << 20)
+    client, server = ("127.0.0.1", 40000), ("127.0.0.1", 8080)
+
+    def answer_one():
+        parser = RequestParser(cfg, server_end, client)
+        parser.unreader.unread(head)
+        req = next(parser)
+        resp, environ = wsgi.create(req, server_end, client, server, cfg)
+        body = app(environ, resp.start_response)
+        try:
+            for item in body:
+                resp.write(item)
+            resp.close()
+        finally:
+            if hasattr(body, "close"):
+                body.close()
         return client_end.recv_into(received)
 
     def first_answer() -> bytes:

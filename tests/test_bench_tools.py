@@ -9,12 +9,13 @@ from support import REPO
 INPROCESS = [sys.executable, str(REPO / "bench" / "inprocess.py"), str(REPO), "--rounds", "1"]
 
 
-def test_the_in_process_harness_times_a_real_answer():
+def test_the_in_process_harness_times_a_real_answer_here_and_in_the_minimal_app():
     done = subprocess.run(
-        [*INPROCESS, "-n", "50"], capture_output=True, text=True, timeout=120, check=True
+        [*INPROCESS, "minimal", "-n", "50"], capture_output=True, text=True, timeout=120, check=True
     )
-    best = float(done.stdout.splitlines()[-1].split()[-2])
-    assert best > 0, done.stdout
+    *_, ours, minimal = done.stdout.splitlines()
+    assert float(ours.split()[-2]) > 0 and float(minimal.split()[-2]) > 0, done.stdout
+    assert minimal.startswith("minimal"), done.stdout
 
 
 @pytest.mark.parametrize("path", ["/no-such-page", "/streamhtml?nblocks=x"])
