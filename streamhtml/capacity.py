@@ -1,9 +1,12 @@
-"""Admission of streams across gunicorn's workers, and the cut at shutdown.
+"""Admission of streams across gunicorn's workers, the cut at shutdown, and how many
+connections each worker holds.
 
 Counts live in one shared memory page that the master maps before it forks: each worker
 writes only its own slot, and admission sums every slot. gunicorn hands a connection to
 whichever worker accepts first, so a per-worker cap alone would refuse streams while another
-worker sat idle. The master clears a dead worker's slot, however it died.
+worker sat idle; for the same reason each worker says how many connections it holds, so the
+one holding more can let another take the next (streamhtml/worker.py). The master clears a
+dead worker's slot, however it died.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from .observe import log
 MAX_SLOTS = 256  # workers alive at once, old and new ones included during a reload
 MAX_ROUTES = 8  # stream routes counted apart (the in-progress gauge is per route)
 _BYTES_COLUMN = MAX_ROUTES  # after the per-route counts: the bytes this worker's streams hold
-_COLUMNS = MAX_ROUTES + 1
+# 1 + the connections the worker holds, while it accepts more; 0 while it does not (a slot
+# cleared by the master reads as a worker that does not accept).
+_CONNECTIONS_COLUMN = MAX_ROUTES + 1
+_COLUMNS = MAX_ROUTES + 2
 # After the slots, one cell: how many slots from the first have ever been given out, so a sum
 # reads those only (two workers: two slots, not 256; /health and every admission sum).
 _SLOTS_USED = MAX_SLOTS * _COLUMNS
@@ -188,6 +194,25 @@ def attach_worker(worker) -> None:
     """post_fork: this process is a worker; its streams count in its slot."""
     global _worker_slot
     _worker_slot = getattr(worker, "streamhtml_slot", None)
+
+
+def publish_connections(held: int | None) -> None:
+    """This worker holds `held` connections and accepts more; None: it accepts none now."""
+    if _worker_slot is not None:
+        _page[_worker_slot * _COLUMNS + _CONNECTIONS_COLUMN] = 0 if held is None else held + 1
+
+
+def fewest_connections_elsewhere() -> int | None:
+    """The fewest connections another accepting worker holds; None when no other accepts."""
+    if _worker_slot is None:
+        return None
+    used = _page[_SLOTS_USED]
+    others = [
+        held
+        for slot, held in enumerate(_page[_CONNECTIONS_COLUMN : used * _COLUMNS : _COLUMNS])
+        if held and slot != _worker_slot
+    ]
+    return min(others) - 1 if others else None
 
 
 def new_tracker(caps: Caps, routes: Sequence[str]) -> Tracker:

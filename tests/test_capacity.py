@@ -97,6 +97,30 @@ def test_a_dead_workers_slot_is_cleared_by_the_master(two_workers):
     assert first.in_progress() == 0 and first.held_bytes() == 0
 
 
+def test_each_worker_sees_the_fewest_connections_another_accepting_worker_holds():
+    workers = [SimpleNamespace() for _ in range(3)]
+    for worker in workers:
+        capacity.assign_slot(worker)
+    try:
+        held = {0: 4, 1: 2, 2: None}  # the third accepts none now (at its cap, or stopping)
+        for index, worker in enumerate(workers):
+            capacity.attach_worker(worker)
+            capacity.publish_connections(held[index])
+        capacity.attach_worker(workers[0])
+        assert capacity.fewest_connections_elsewhere() == 2
+        capacity.attach_worker(workers[1])
+        assert capacity.fewest_connections_elsewhere() == 4
+        capacity.publish_connections(0)
+        capacity.attach_worker(workers[0])
+        assert capacity.fewest_connections_elsewhere() == 0, "0 held is not 'not accepting'"
+        capacity.release_slot(workers[1])  # the master clears a dead worker's slot
+        assert capacity.fewest_connections_elsewhere() is None
+    finally:
+        capacity.attach_worker(SimpleNamespace())
+        for worker in workers:
+            capacity.release_slot(worker)
+
+
 def test_shutdown_cuts_the_live_streams_when_the_grace_is_over_and_refuses_new_ones():
     cut = []
     first = SimpleNamespace(cut=lambda outcome: cut.append(("first", outcome)))

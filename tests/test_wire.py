@@ -1,5 +1,6 @@
 """What a client sees on the socket, from a real gunicorn started as the Procfile starts it."""
 
+import collections
 import csv
 import io
 import json
@@ -84,6 +85,36 @@ def test_streams_follow_one_another_on_a_kept_alive_connection(server):
             reply = read_body(reader, read_head(reader), "GET")
             assert reply.header("Connection") == "keep-alive"
             assert [len(chunk) for chunk in reply.chunks] == [block_size] * nblocks
+
+
+def test_a_burst_of_kept_alive_connections_is_shared_by_both_workers(server):
+    # Both workers race for every connection; the first awake used to take a whole burst,
+    # and a client's keep-alive connections then all ran on one core for their whole life.
+    def pids_answering(connections: int) -> list[int]:
+        address = ("127.0.0.1", server.port)
+        socks = [socket.create_connection(address, timeout=10) for _ in range(connections)]
+        try:
+            pids = []
+            for sock in socks:
+                send_request(sock, "/health")
+            for sock in socks:
+                reader = sock.makefile("rb")
+                pids.append(json.loads(read_body(reader, read_head(reader), "GET").body)["pid"])
+            return pids
+        finally:
+            for sock in socks:
+                sock.close()
+
+    # The server is healthy once one worker answers; the other may still be starting.
+    deadline = time.monotonic() + 10
+    while len(set(pids_answering(2))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    shared = 0
+    for _ in range(5):
+        time.sleep(0.2)  # the connections just closed are no longer counted
+        counts = sorted(collections.Counter(pids_answering(10)).values())
+        shared += len(counts) == 2 and counts[0] >= 3
+    assert shared >= 3, "most bursts of 10 are split at least 3 to 7"
 
 
 def test_http_1_0_clients_get_the_exact_body_unchunked(server):
