@@ -724,6 +724,8 @@ class StreamingWorker(ThreadWorker):
         super().set_accept_enabled(enabled)
 
     def holds_more_than_a_peer(self) -> bool:
+        if not self.nr_conns:
+            return False  # the common case on fresh connections, without reading the page
         fewest = capacity.fewest_connections_elsewhere()
         return fewest is not None and self.nr_conns > fewest + fewest // 2
 
