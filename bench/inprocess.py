@@ -147,12 +147,9 @@ def request_path(path: bytes):
     worker.nr, worker.max_requests, worker.alive = 0, sys.maxsize, True
     worker.keepalived_conns, worker.max_keepalived, worker.nr_conns = [], 100, 1
 
-    server_end, client_end = socket.socketpair()
+    server_end, client_end, received = wide_socketpair()
     server_end.setblocking(False)
-    server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    client_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     head = HEAD.replace(b"{path}", path)
-    received = bytearray(1 << 20)
 
     def answer_one():
         conn = object.__new__(streaming.Connection)
@@ -169,6 +166,15 @@ def request_path(path: bytes):
     return answer_one, first_answer
 
 
+def wide_socketpair():
+    """A server end and a client end whose buffers take a whole answer, and a buffer to read
+    it into."""
+    server_end, client_end = socket.socketpair()
+    server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    client_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    return server_end, client_end, bytearray(1 << 20)
+
+
 def minimal_request_path(path: bytes):
     """As request_path, for the minimal app under gunicorn's sync worker's own steps."""
     from gunicorn.config import Config
@@ -177,11 +183,8 @@ def minimal_request_path(path: bytes):
     from minimal_app import app
 
     cfg = Config()
-    server_end, client_end = socket.socketpair()
-    server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    client_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    server_end, client_end, received = wide_socketpair()
     head = HEAD.replace(b"{path}", path)
-    received = bytearray(1 << 20)
     client, server = ("127.0.0.1", 40000), ("127.0.0.1", 8080)
 
     def answer_one():

@@ -108,8 +108,7 @@ class Tracker:
     def _instance_sum(self, column: int) -> int:
         if self._counts is not None:
             return self._counts[column]
-        # A strided slice sums in C: this runs several times for every request.
-        return sum(_page[column : _page[_SLOTS_USED] * _COLUMNS : _COLUMNS])
+        return sum(_every_slot(column))
 
     def _add(self, column: int, delta: int) -> None:
         if self._counts is not None:
@@ -190,6 +189,12 @@ _worker_slot: int | None = None
 _process_tracker: Tracker | None = None
 
 
+def _every_slot(column: int):
+    """One column of every slot given out, in slot order. A strided slice is read in C: this
+    runs several times for every request."""
+    return _page[column : _page[_SLOTS_USED] * _COLUMNS : _COLUMNS]
+
+
 def attach_worker(worker) -> None:
     """post_fork: this process is a worker; its streams count in its slot."""
     global _worker_slot
@@ -206,10 +211,9 @@ def fewest_connections_elsewhere() -> int | None:
     """The fewest connections another accepting worker holds; None when no other accepts."""
     if _worker_slot is None:
         return None
-    used = _page[_SLOTS_USED]
     others = [
         held
-        for slot, held in enumerate(_page[_CONNECTIONS_COLUMN : used * _COLUMNS : _COLUMNS])
+        for slot, held in enumerate(_every_slot(_CONNECTIONS_COLUMN))
         if held and slot != _worker_slot
     ]
     return min(others) - 1 if others else None
