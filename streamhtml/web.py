@@ -11,6 +11,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.routing import MapAdapter
 
 from . import __version__, capacity, metrics, observe
 from . import environ as env
@@ -320,8 +321,29 @@ class NoSessions(SessionInterface):
         pass  # never called: Flask saves no null session
 
 
+# How many Host (and scheme, port, script) combinations the app remembers its URL binding
+# for; a client inventing hosts past this gets Flask's own binding, never a bigger table.
+MAX_REMEMBERED_BINDINGS = 64
+# What Werkzeug's binding of the URL map reads from the environ, bar the path and the query.
+BINDING_KEYS = (
+    "HTTP_HOST",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "wsgi.url_scheme",
+    "HTTP_CONNECTION",
+    "HTTP_UPGRADE",
+    "SCRIPT_NAME",
+)
+
+
+def _decoded(value: str | None) -> str | None:
+    # Werkzeug's _wsgi_decoding_dance, as its bind_to_environ applies it.
+    return None if value is None else value.encode("latin1").decode(errors="replace")
+
+
 class App(Flask):
-    """Flask, asking once per function, not every request, whether it is a coroutine."""
+    """Flask, asking once per function, not every request, whether it is a coroutine, and
+    working out once per host, not every request, how the URL map binds to it."""
 
     def ensure_sync(self, func):
         runnable = self._runnable.get(func)
@@ -331,6 +353,50 @@ class App(Flask):
 
     @cached_property
     def _runnable(self) -> dict:
+        return {}
+
+    def create_url_adapter(self, request):
+        # Flask validates the host, lowers it, IDNA-encodes it and works out the subdomain on
+        # every request; for a given Host, scheme and port the answer is always the same.
+        # Only the configuration this app runs with takes the shortcut.
+        config = self.config
+        if (
+            request is None
+            or config["TRUSTED_HOSTS"] is not None
+            or config["SERVER_NAME"] is not None
+            or self.subdomain_matching
+            or self.url_map.host_matching
+        ):
+            return super().create_url_adapter(request)
+        environ = request.environ
+        key = tuple(map(environ.get, BINDING_KEYS))
+        binding = self._bindings.get(key)
+        if binding is None:
+            adapter = super().create_url_adapter(request)  # raises for a bad host: not kept
+            if adapter is not None and len(self._bindings) < MAX_REMEMBERED_BINDINGS:
+                self._bindings[key] = (
+                    request.host,
+                    adapter.server_name,
+                    adapter.script_name,
+                    adapter.subdomain,
+                    adapter.url_scheme,
+                )
+            return adapter
+        request.host, server_name, script_name, subdomain, scheme = binding
+        path_info = _decoded(environ.get("PATH_INFO"))
+        return MapAdapter(
+            self.url_map,
+            server_name,
+            script_name,
+            subdomain,
+            scheme,
+            "/" if path_info is None else path_info,
+            environ["REQUEST_METHOD"],
+            _decoded(environ.get("QUERY_STRING")),
+        )
+
+    @cached_property
+    def _bindings(self) -> dict[tuple, tuple]:
         return {}
 
 

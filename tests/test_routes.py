@@ -60,3 +60,94 @@ def test_info_reports_the_instance_and_the_limits_in_force(client):
     assert body["limits"]["max_block_size"] == 4096
     assert body["limits"]["max_streams"] == 500
     assert body["streams_in_progress"] == 0
+
+
+# Environs that bind the URL map differently: host, port, scheme, no Host at all, an upgrade
+# to WebSocket, a mount point, non-ASCII paths and queries (WSGI's latin-1), bad hosts.
+BINDING_CASES = {
+    "plain host": {"HTTP_HOST": "localhost:8080"},
+    "upper-case host": {"HTTP_HOST": "Example.COM"},
+    "default http port": {"HTTP_HOST": "example.com:80"},
+    "default https port": {"HTTP_HOST": "example.com:443", "wsgi.url_scheme": "https"},
+    "https": {"wsgi.url_scheme": "https"},
+    "no Host header": {"HTTP_HOST": None, "SERVER_NAME": "10.0.0.5", "SERVER_PORT": "8080"},
+    "no Host header, another port": {
+        "HTTP_HOST": None,
+        "SERVER_NAME": "10.0.0.5",
+        "SERVER_PORT": "9090",
+    },
+    "no Host header, another address": {
+        "HTTP_HOST": None,
+        "SERVER_NAME": "10.0.0.6",
+        "SERVER_PORT": "8080",
+    },
+    "characters no host has": {"HTTP_HOST": "exa mple.com"},
+    "WebSocket upgrade": {"HTTP_CONNECTION": "keep-alive, Upgrade", "HTTP_UPGRADE": "websocket"},
+    "WebSocket without the upgrade": {"HTTP_CONNECTION": "close", "HTTP_UPGRADE": "websocket"},
+    "another upgrade": {"HTTP_CONNECTION": "keep-alive, Upgrade", "HTTP_UPGRADE": "h2c"},
+    "mount point": {"SCRIPT_NAME": "/mounted"},
+    "empty path": {"PATH_INFO": ""},
+    "UTF-8 path and query": {"PATH_INFO": "/caf\xc3\xa9", "QUERY_STRING": "q=\xc3\xa9"},
+    "bytes that are not UTF-8": {"PATH_INFO": "/\xff", "QUERY_STRING": "\xfe"},
+    "HEAD": {"REQUEST_METHOD": "HEAD"},
+}
+
+
+def binding_environ(app, **changes):
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(path="/streamhtml", query_string="nblocks=2").get_environ()
+    environ.update(changes)
+    return {name: value for name, value in environ.items() if value is not None}
+
+
+def adapter_fields(adapter):
+    return {
+        name: getattr(adapter, name)
+        for name in (
+            "server_name",
+            "script_name",
+            "subdomain",
+            "url_scheme",
+            "path_info",
+            "default_method",
+            "query_args",
+            "websocket",
+        )
+    }
+
+
+def test_the_url_binding_the_app_remembers_is_flasks_own(app):
+    from flask import Flask
+
+    # One app for every case, twice over: a case must not be answered with another's binding.
+    for _first_time_then_remembered in range(2):
+        for case, changes in BINDING_CASES.items():
+            environ = binding_environ(app, **changes)
+            flasks_request = app.request_class(dict(environ))
+            expected = adapter_fields(Flask.create_url_adapter(app, flasks_request))
+            ours = app.request_class(dict(environ))
+            assert adapter_fields(app.create_url_adapter(ours)) == expected, case
+            assert ours.host == flasks_request.host, case
+    assert 1 < len(app._bindings) <= len(BINDING_CASES)
+
+
+def test_a_host_werkzeug_refuses_is_refused_every_time_and_not_remembered(app):
+    from werkzeug.exceptions import BadHost
+
+    environ = binding_environ(app, HTTP_HOST="a" * 64 + ".example")  # an over-long label
+    for _ in range(2):
+        with pytest.raises(BadHost):
+            app.create_url_adapter(app.request_class(dict(environ)))
+    assert app._bindings == {}
+
+
+def test_a_client_inventing_hosts_cannot_grow_the_remembered_bindings(app, client):
+    from streamhtml.web import MAX_REMEMBERED_BINDINGS
+
+    for number in range(MAX_REMEMBERED_BINDINGS + 36):
+        reply = client.get("/health", headers={"Host": f"h{number}.example"})
+        assert reply.status_code == 200
+    assert len(app._bindings) == MAX_REMEMBERED_BINDINGS
+    environ = binding_environ(app, HTTP_HOST="late.example")
+    assert app.create_url_adapter(app.request_class(environ)).server_name == "late.example"
