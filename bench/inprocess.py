@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import timeit
+from functools import partial
 from pathlib import Path
 
 HEAD = (
@@ -147,6 +148,8 @@ def request_path(path: bytes):
     worker.nr, worker.max_requests, worker.alive = 0, sys.maxsize, True
     worker.keepalived_conns, worker.max_keepalived, worker.nr_conns = [], 100, 1
 
+    # The parser the worker's main loop makes (gunicorn's, in a tree before new_parser).
+    new_parser = getattr(worker, "new_parser", partial(RequestParser, cfg))
     server_end, client_end, received = wide_socketpair()
     server_end.setblocking(False)
     head = HEAD.replace(b"{path}", path)
@@ -154,7 +157,7 @@ def request_path(path: bytes):
     def answer_one():
         conn = object.__new__(streaming.Connection)
         conn.sock, conn.client, conn.server = server_end, ("127.0.0.1", 40000), ("127.0.0.1", 8080)
-        conn.parser = RequestParser(cfg, server_end, conn.client)
+        conn.parser = new_parser(server_end, conn.client)
         conn.parser.unreader.unread(head)
         conn.whole_head, conn.received_at_s, conn.inline, conn.client_done = head, 0.0, False, False
         worker.answer_one(conn)

@@ -10,6 +10,8 @@ tests/test_worker_seams.py to the gunicorn range in requirements.in:
   its whole head is in, so half-sent heads cost a poller entry, never a thread; a head not
   whole within STREAMHTML_HEADER_TIMEOUT_S, or over STREAMHTML_MAX_HEAD_BYTES, ends the
   connection (`accept`, `enqueue_req`).
+- A whole head that is plainly valid is parsed in one pass (streamhtml/heads.py); every
+  other is parsed, and accepted or refused, by gunicorn's own parser (`new_parser`).
 - At GUNICORN_WORKER_CONNECTIONS the oldest connection that holds no request is closed to
   make room, instead of the worker ceasing to accept (`accept`, `set_accept_enabled`).
 - Closing lingers in the poller (`TConn.close`), not on the main loop.
@@ -54,7 +56,7 @@ from gunicorn import http, util
 from gunicorn.http import message, wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from . import capacity, memory, metrics, observe
+from . import capacity, heads, memory, metrics, observe
 from . import environ as env
 from .observe import COMPLETE, DEADLINE, STALLED, RequestRecord, log
 from .settings import load_settings
@@ -819,7 +821,7 @@ class StreamingWorker(ThreadWorker):
             # conn.init() for plain HTTP/1, the only kind read here, less its switch of the
             # socket to blocking: the main loop answers with it non-blocking.
             conn.initialized = True
-            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+            conn.parser = self.new_parser(conn.sock, conn.client)
         conn.whole_head = bytes(conn.head)
         conn.parser.unreader.unread(conn.whole_head)
         conn.head = bytearray()
@@ -828,6 +830,13 @@ class StreamingWorker(ThreadWorker):
             self.to_pool(conn)
         else:
             self.answer(conn)
+
+    def new_parser(self, sock, client):
+        # gunicorn's choice of parser, with a plain HTTP/1 head parsed in one pass
+        # (streamhtml/heads.py) and every other by gunicorn's own.
+        if getattr(self.cfg, "protocol", "http") != "http":
+            return http.get_parser(self.cfg, sock, client)
+        return heads.PlainFirstParser(self.cfg, sock, client)
 
     def drop_head(self, conn: Connection, reason: str | None) -> None:
         self.stop_waiting(conn)
