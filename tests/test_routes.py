@@ -151,3 +151,20 @@ def test_a_client_inventing_hosts_cannot_grow_the_remembered_bindings(app, clien
     assert len(app._bindings) == MAX_REMEMBERED_BINDINGS
     environ = binding_environ(app, HTTP_HOST="late.example")
     assert app.create_url_adapter(app.request_class(environ)).server_name == "late.example"
+
+
+def test_each_stream_gets_its_own_copy_of_the_checked_stream_headers(client):
+    from werkzeug.datastructures import Headers
+
+    from streamhtml.web import STREAM_HEADERS, stream_headers
+
+    first = stream_headers("text/csv")
+    first["Content-Disposition"] = "attachment"
+    second = stream_headers("text/csv")
+    assert "Content-Disposition" not in second
+    # As Werkzeug would have made them, field by field (the copy is of Headers' own list).
+    assert list(second.items()) == list(
+        Headers([*STREAM_HEADERS.items(), ("Content-Type", "text/csv")]).items()
+    )
+    assert client.get("/large.csv?rows=2").headers["Content-Disposition"].startswith("attach")
+    assert "Content-Disposition" not in client.get("/streamhtml?nblocks=1").headers
