@@ -131,11 +131,14 @@ def request_path(path: bytes):
 
     cfg = Config()
     cfg.set("accesslog", "-")
-    # What StreamingWorker.init_process does in a worker process.
-    getattr(streaming, "_settle", lambda cfg: None)(cfg)
-    wsgi.create = streaming._create
-    util.http_date = streaming._http_date
-    message._ip_in_allow_list = streaming._ip_in_allow_list
+    # What StreamingWorker.init_process does in a worker process (by hand in older trees).
+    if hasattr(streaming, "adopt"):
+        streaming.adopt(cfg)
+    else:
+        getattr(streaming, "_settle", lambda cfg: None)(cfg)
+        wsgi.create = streaming._create
+        util.http_date = streaming._http_date
+        message._ip_in_allow_list = streaming._ip_in_allow_list
 
     log = logs.RequestLogger(cfg)  # its setup() starts the request line and the metrics
     null_fd = os.open(os.devnull, os.O_WRONLY)

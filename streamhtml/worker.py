@@ -372,6 +372,22 @@ def _http_date(timestamp: float | None = None) -> str:
     return date[1]
 
 
+_gunicorn_base_environ = wsgi.base_environ
+_base: tuple[object, dict] = (None, {})
+
+
+def _base_environ(cfg) -> dict:
+    """gunicorn's base_environ, made once and copied: gunicorn makes it afresh for every
+    request, wsgi.errors with it (a logger lookup and a scan of its handlers), and the same
+    error stream serves every request of a worker."""
+    global _base
+    made_for, made = _base
+    if made_for is not cfg:
+        made = _gunicorn_base_environ(cfg)
+        _base = (cfg, made)
+    return made.copy()
+
+
 def _settle(cfg) -> None:
     """Make every setting a plain attribute of `cfg`. gunicorn reads them through
     Config.__getattr__, a dict lookup and a call each, some 20 times a request; in a worker
@@ -379,6 +395,16 @@ def _settle(cfg) -> None:
     for name, setting in cfg.settings.items():
         if not hasattr(type(cfg), name):  # a property of Config keeps its own answer
             cfg.__dict__[name] = setting.get()
+
+
+def adopt(cfg) -> None:
+    """In this worker process (only): settle the configuration, and have gunicorn build
+    every HTTP/1 response through ours and use the remembered equivalents above."""
+    _settle(cfg)
+    wsgi.create = _create
+    wsgi.base_environ = _base_environ
+    util.http_date = _http_date
+    message._ip_in_allow_list = _ip_in_allow_list
 
 
 def _create(req, sock, client, server, cfg, response_class=None, response_args=()):
@@ -470,10 +496,7 @@ class StreamingWorker(ThreadWorker):
     def init_process(self):
         # gthread builds every HTTP/1 response through wsgi.create(); in this worker process
         # (only) it builds ours. The master and other worker classes are untouched.
-        _settle(self.cfg)
-        wsgi.create = _create
-        util.http_date = _http_date
-        message._ip_in_allow_list = _ip_in_allow_list
+        adopt(self.cfg)
         StreamingResponse.stall_timeout_s = self.stall_timeout_s
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         for listener in self.sockets:

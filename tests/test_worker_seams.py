@@ -66,6 +66,29 @@ def test_the_gunicorn_functions_the_worker_replaces_in_its_process_are_still_loo
     assert util.http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
 
 
+def test_gunicorn_builds_each_environ_on_its_base_environ_which_the_worker_makes_once():
+    import inspect
+
+    from streamhtml.worker import _base_environ
+
+    assert "base_environ(cfg)" in inspect.getsource(wsgi.default_environ)
+    cfg = Config()
+    first, second = _base_environ(cfg), _base_environ(cfg)
+    assert first is not second  # a copy each request: one request's keys never reach another
+    first["wsgi.url_scheme"] = "https"
+    assert "wsgi.url_scheme" not in second
+    expected = wsgi.base_environ(cfg)
+    assert set(second) == set(expected)
+    for key, value in expected.items():
+        if key == "wsgi.errors":
+            assert second[key].streams == value.streams
+        else:
+            assert second[key] == value, key
+    other = Config()
+    other.set("workers", 5)
+    assert _base_environ(other)["wsgi.multiprocess"] is True
+
+
 def test_prometheus_clients_value_class_is_read_when_each_value_is_made():
     # metrics.py counts through its own value class, set on prometheus_client.values.
     import inspect
