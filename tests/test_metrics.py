@@ -119,3 +119,103 @@ def test_requests_are_counted_with_the_request_log_off(start_server):
     assert samples[STREAM_OK] == 3
     assert samples[BYTES] == 3 * 20
     assert not server.requests_logged(), "LOG_REQUESTS=off still wrote request lines"
+
+
+def record(**changes):
+    from streamhtml.observe import RequestRecord
+
+    fields = dict(
+        request_id="r",
+        method="GET",
+        route="/streamhtml",
+        path="/streamhtml",
+        query=None,
+        status=200,
+        bytes_sent=1000,
+        duration_ms=3.0,
+        outcome="complete",
+        streamed=True,
+        queue_ms=None,
+        error=None,
+        peer_addr="127.0.0.1",
+        forwarded_for=None,
+        forwarded_trusted=False,
+        user_agent=None,
+    )
+    return RequestRecord(**{**fields, **changes})
+
+
+# Streams that end every way, durations on and around the buckets' bounds, other routes and
+# methods, gunicorn's own refusals, the router's queue time.
+RECORDS = [
+    *(record(duration_ms=ms) for ms in (0.0, 9.9, 10.0, 10.1, 50.0, 1000.0, 900000.0, 9e6)),
+    record(outcome="client_gone", bytes_sent=10),
+    record(outcome="cut_by_shutdown", route="/sse", path="/sse"),
+    record(outcome="stalled", route="/ndjson", path="/ndjson"),
+    record(streamed=False, route="/health", path="/health", duration_ms=0.4),
+    record(streamed=False, route=None, path="/nowhere", status=404),
+    record(streamed=False, method="BREW", status=405),
+    record(streamed=False, route=None, status=400, error="Invalid request line"),
+    record(streamed=False, route="/health", queue_ms=12.5),
+    record(route="/large.csv", queue_ms=-3.0),
+]
+
+
+def samples_of(registry) -> dict:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for metric in registry.collect()
+        if metric.name.startswith("streamhtml_")
+        for sample in metric.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def test_a_request_adds_to_the_metrics_as_prometheus_clients_own_calls_would():
+    """metrics.observe_request adds to prometheus_client's values directly; here the same
+    records go through the metrics' own inc() and observe() in a registry of their own."""
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+    from streamhtml import metrics
+    from streamhtml.observe import CLIENT_GONE, SHUTDOWN
+
+    reference = CollectorRegistry()
+
+    def made(kind, name, *args, **kwargs):
+        return kind(name, *args, registry=reference, **kwargs)
+
+    requests = made(Counter, "streamhtml_requests", "", ["endpoint", "method", "status"])
+    streamed = made(Counter, "streamhtml_streamed_bytes", "", ["endpoint"])
+    hangups = made(Counter, "streamhtml_client_hangups", "", ["endpoint"])
+    cut = made(Counter, "streamhtml_streams_cut_by_shutdown", "", ["endpoint"])
+    duration = made(
+        Histogram,
+        "streamhtml_stream_duration_seconds",
+        "",
+        ["endpoint", "outcome"],
+        buckets=metrics.DURATION_BUCKETS_S,
+    )
+    queue = made(Histogram, "streamhtml_queue_seconds", "", buckets=metrics.QUEUE_BUCKETS_S)
+
+    metrics.observe_request(RECORDS[0])  # the app's metrics exist before the first reading
+    before = samples_of(REGISTRY)
+    for _twice_so_the_remembered_values_are_used_too in range(2):
+        for each in RECORDS:
+            metrics.observe_request(each)
+            endpoint = each.route_label
+            requests.labels(endpoint, each.method_label, str(each.status)).inc()
+            if each.queue_ms is not None:
+                queue.observe(max(0.0, each.queue_ms) / 1000.0)
+            if each.streamed:
+                streamed.labels(endpoint).inc(each.bytes_sent)
+                duration.labels(endpoint, each.outcome).observe(each.duration_ms / 1000.0)
+                if each.outcome == CLIENT_GONE:
+                    hangups.labels(endpoint).inc()
+                elif each.outcome == SHUTDOWN:
+                    cut.labels(endpoint).inc()
+    after = samples_of(REGISTRY)
+    added = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    expected = samples_of(reference)
+    assert {key: value for key, value in added.items() if value} == {
+        key: value for key, value in expected.items() if value
+    }
