@@ -739,7 +739,13 @@ class StreamingWorker(ThreadWorker):
             capacity.publish_connections(self.nr_conns)
             conn = Connection(self, self.cfg, client, address, self.addresses[listener])
             conn.deadline = time.monotonic() + self.header_timeout_s
+            held = self.nr_conns
             self.read_head(conn)
+            if self.nr_conns < held:
+                # Answered and closed already (a short request, HTTP/1.0): the poller says
+                # whether another connection waits, in the wait the loop makes anyway, where
+                # another accept() would most often fail.
+                return
 
     def set_accept_enabled(self, enabled):
         # At the connection cap gthread stops accepting; while some connection is only
