@@ -168,3 +168,13 @@ def test_each_stream_gets_its_own_copy_of_the_checked_stream_headers(client):
     )
     assert client.get("/large.csv?rows=2").headers["Content-Disposition"].startswith("attach")
     assert "Content-Disposition" not in client.get("/streamhtml?nblocks=1").headers
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/health", "/info", "/metrics", "/streamhtml?nblocks=2", "/nowhere", "/sse?nblocks=x"],
+)
+def test_every_answer_carries_the_common_headers_once(client, path):
+    reply = client.get(path, headers={"X-Vcap-Request-Id": "5f0c5e2a-3b5c-4d4e-8f7a-0123"})
+    assert reply.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+    assert reply.headers.getlist("X-Vcap-Request-Id") == ["5f0c5e2a-3b5c-4d4e-8f7a-0123"]
