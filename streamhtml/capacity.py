@@ -120,7 +120,15 @@ class Tracker:
         """Streams live on the instance: of one route, or of all."""
         if route is not None:
             return self._instance_sum(self._column[route])
-        return sum(self._instance_sum(column) for column in range(len(self.routes)))
+        routes = len(self.routes)
+        if self._counts is not None:
+            return sum(self._counts[:routes])
+        # The route columns lead each slot: one slice a slot, not one a route (every
+        # admission and every /health asks this).
+        return sum(
+            sum(_page[start : start + routes])
+            for start in range(0, _page[_SLOTS_USED] * _COLUMNS, _COLUMNS)
+        )
 
     def held_bytes(self) -> int:
         return self._instance_sum(_BYTES_COLUMN)
