@@ -103,6 +103,9 @@ CHORES_EVERY_S = 0.05
 
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees at once
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
+# An int, as the flags of the recv that looks without waiting: or-ing the enums costs a
+# Python call every time.
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 _CHUNK_END = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
@@ -197,6 +200,38 @@ class StreamingResponse(wsgi.Response):
             self._coalesce = env.coalescable(self.environ)
         if not self._coalesce or self._pending_body >= SEND_BYTES or len(self._parts) > MAX_PARTS:
             self.flush()
+
+    def write_items(self, items) -> None:
+        """write() for each item of a body. Once the head is queued and the body is known to
+        be batched and of no set length, nothing write() checks can change until the end, and
+        a small item needs only its framing and a place in the queue. Empty and large items
+        still go through write()."""
+        write = self.write
+        rest = iter(items)
+        for item in rest:
+            write(item)
+            # write() decides on batching only for a body it sends (not for HEAD's, say).
+            if self._coalesce and self.response_length is None:
+                break
+        else:
+            return
+        chunked = self.chunked
+        for item in rest:
+            size = len(item)
+            if not 0 < size < ZERO_COPY_BYTES:
+                write(item)
+                continue
+            tail = self._tail
+            if chunked:
+                tail += b"%X\r\n" % size
+                tail += item
+                tail += _CHUNK_END
+            else:
+                tail += item
+            self._items.append(size)
+            self._pending_body += size
+            if self._pending_body >= SEND_BYTES:
+                self.flush()
 
     def process_headers(self, headers) -> None:
         passed = _passed_fields
@@ -463,7 +498,7 @@ class Connection(TConn):
             # With a timeout, Python waits for the socket to be readable before any recv().
             self.sock.setblocking(False)
         try:
-            return not self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return not self.sock.recv(1, _PEEK_NOW)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
@@ -663,8 +698,7 @@ class StreamingWorker(ThreadWorker):
         try:
             try:
                 resp.flush()  # what the main loop could not send, if anything
-                for item in body:
-                    resp.write(item)
+                resp.write_items(body)
                 resp.close()
             except WouldBlock:
                 raise

@@ -173,7 +173,11 @@ class RecordingSocket:
         pass
 
 
-def wire_bytes(response_class, items, version=(1, 1), method="GET", coalesce=False):
+def wire_bytes(
+    response_class, items, version=(1, 1), method="GET", coalesce=False, fields=(), whole=False
+):
+    """What the client gets for `items`, written one write() at a time, or (`whole`) handed
+    to write_items() as the worker does."""
     sock = RecordingSocket()
     req = SimpleNamespace(version=version, method=method, should_close=lambda: False)
     resp = response_class(req, sock, Config())
@@ -181,9 +185,12 @@ def wire_bytes(response_class, items, version=(1, 1), method="GET", coalesce=Fal
         resp.environ = {}
         if coalesce:
             env.mark_coalescable(resp.environ)
-    resp.start_response("200 OK", [("Content-Type", "text/html")])
-    for item in items:
-        resp.write(item)
+    resp.start_response("200 OK", [("Content-Type", "text/html"), *fields])
+    if whole:
+        resp.write_items(iter(items))
+    else:
+        for item in items:
+            resp.write(item)
     resp.close()
     # The Date header differs between two calls a second apart: compare without it.
     joined = b"".join(sock.sends)
@@ -193,8 +200,10 @@ def wire_bytes(response_class, items, version=(1, 1), method="GET", coalesce=Fal
 BODIES = {
     "small blocks": [b"a" * 512] * 300,
     "one empty item among others": [b"x", b"", b"y"],
+    "empty first": [b"", b"x" * 3, b"y"],
     "large blocks": [b"b" * 70_000] * 3,
-    "mixed sizes": [b"c" * size for size in (1, 16_383, 16_384, 100_000, 7)],
+    "mixed sizes": [b"c" * size for size in (1, 16_383, 16_384, 100_000, 7, 0, 9)],
+    "views": [memoryview(b"d" * 2000)[:size] for size in (1000, 0, 2000, 5)],
     "no items": [],
 }
 
@@ -202,15 +211,25 @@ BODIES = {
 @pytest.mark.parametrize("items", BODIES.values(), ids=BODIES.keys())
 @pytest.mark.parametrize("version", [(1, 1), (1, 0)], ids=["HTTP/1.1", "HTTP/1.0"])
 @pytest.mark.parametrize("coalesce", [False, True], ids=["item by item", "gathered"])
-def test_the_bytes_on_the_wire_are_exactly_gunicorns(items, version, coalesce):
-    ours = wire_bytes(StreamingResponse, items, version, coalesce=coalesce)
-    assert ours == wire_bytes(wsgi.Response, items, version)
+@pytest.mark.parametrize("whole", [False, True], ids=["write", "write_items"])
+def test_the_bytes_on_the_wire_are_exactly_gunicorns(items, version, coalesce, whole):
+    ours = wire_bytes(StreamingResponse, items, version, coalesce=coalesce, whole=whole)
+    assert ours == wire_bytes(wsgi.Response, [bytes(item) for item in items], version)
 
 
-def test_head_sends_the_head_and_no_body():
-    assert wire_bytes(StreamingResponse, [b"x" * 10], method="HEAD") == wire_bytes(
-        wsgi.Response, [b"x" * 10], method="HEAD"
+@pytest.mark.parametrize("whole", [False, True], ids=["write", "write_items"])
+@pytest.mark.parametrize("coalesce", [False, True], ids=["item by item", "gathered"])
+@pytest.mark.parametrize(
+    "method, fields",
+    [("HEAD", ()), ("GET", [("Content-Length", "2500")]), ("GET", [("Content-Length", "0")])],
+    ids=["HEAD", "a length shorter than the body", "a length of 0"],
+)
+def test_a_body_cut_to_its_length_or_omitted_is_exactly_gunicorns(method, fields, coalesce, whole):
+    items = [b"x" * 1000] * 5
+    ours = wire_bytes(
+        StreamingResponse, items, method=method, fields=fields, coalesce=coalesce, whole=whole
     )
+    assert ours == wire_bytes(wsgi.Response, items, method=method, fields=fields)
 
 
 FIELDS = {
@@ -248,22 +267,31 @@ def test_a_response_field_gunicorn_refuses_is_refused_every_time(field):
             StreamingResponse(SimpleNamespace(), None, Config()).process_headers([field])
 
 
-def test_a_gathered_body_goes_out_in_writes_of_about_64_kib():
+def write_all(resp, items, whole: bool) -> None:
+    if whole:
+        resp.write_items(iter(items))
+    else:
+        for item in items:
+            resp.write(item)
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["write", "write_items"])
+def test_a_gathered_body_goes_out_in_writes_of_about_64_kib(whole):
     sock = RecordingSocket()
     req = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
     resp = StreamingResponse(req, sock, Config())
     resp.environ = {}
     env.mark_coalescable(resp.environ)
     resp.start_response("200 OK", [])
-    for _ in range(2048):
-        resp.write(b"z" * 1024)
+    write_all(resp, [b"z" * 1024] * 2048, whole)
     resp.close()
     assert len(sock.sends) == 2 * 1024 * 1024 // SEND_BYTES + 1
     assert all(SEND_BYTES <= len(data) < SEND_BYTES + 2048 for data in sock.sends[:-1])
     assert resp.sent == 2048 * 1024
 
 
-def test_a_large_item_is_sent_from_where_it_is_not_copied():
+@pytest.mark.parametrize("whole", [False, True], ids=["write", "write_items"])
+def test_a_large_item_is_sent_from_where_it_is_not_copied(whole):
     shared = bytearray(b"q" * 100_000)
     view = memoryview(shared)
     handed = []
@@ -276,12 +304,15 @@ def test_a_large_item_is_sent_from_where_it_is_not_copied():
     req = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
     resp = StreamingResponse(req, Sock(), Config())
     resp.environ = {}
+    env.mark_coalescable(resp.environ)
     resp.start_response("200 OK", [])
-    resp.write(view)
+    write_all(resp, [b"small", view], whole)
+    resp.close()
     assert any(part is view for part in handed), "the block was copied before sending"
 
 
-def test_only_bytes_the_socket_took_count_as_sent():
+@pytest.mark.parametrize("whole", [False, True], ids=["write", "write_items"])
+def test_only_bytes_the_socket_took_count_as_sent(whole):
     class HalfThenGone(RecordingSocket):
         def __init__(self):
             super().__init__()
@@ -300,8 +331,8 @@ def test_only_bytes_the_socket_took_count_as_sent():
     resp.start_response("200 OK", [])
     head = len(b"".join(line.encode() for line in resp.default_headers())) + 2
     with pytest.raises(BrokenPipeError):
-        for _ in range(66):  # 66,000 bytes: the first write over SEND_BYTES flushes them
-            resp.write(b"w" * 1000)
+        # 66,000 bytes: the first write over SEND_BYTES flushes them
+        write_all(resp, [b"w" * 1000] * 66, whole)
     assert resp.sent == (head + 66_000) // 2 - head
 
 
