@@ -141,7 +141,19 @@ class LiveStream:
         self.outcome: str | None = None
 
     def __iter__(self):
+        if self._turns is None:
+            # No turn to take before an item: the items pass through a generator, which the
+            # server resumes for less than a call of __next__ costs.
+            return self._passed_through()
         return self
+
+    def _passed_through(self) -> Iterator:
+        try:
+            yield from self._chunks
+        except Exception:
+            self.outcome = ERROR
+            raise
+        self.outcome = self._stopped_by() or COMPLETE
 
     def __next__(self):
         if self._turns is not None and not self._has_turn:
