@@ -11,6 +11,7 @@ by a few per cent.
     .venv/bin/python bench/inprocess.py . /tmp/my-change --rounds 6   # A/B, interleaved
     .venv/bin/python bench/inprocess.py . minimal --rounds 6          # beside the baseline
     .venv/bin/python bench/inprocess.py . --profile 30                # where the time goes
+    .venv/bin/python bench/inprocess.py . --garbage --path /nope      # cycles a request leaves
 
 Give each tree as a checkout (`git worktree add /tmp/my-change`); `minimal` stands for
 bench/minimal_app.py served the way gunicorn's sync worker serves it (its parser, wsgi.create,
@@ -46,6 +47,9 @@ def main() -> int:
     parser.add_argument("-n", "--requests", type=int, default=1500, help="requests a batch")
     parser.add_argument("--path", default=DEFAULT_PATH)
     parser.add_argument("--profile", type=int, metavar="LINES", help="cProfile one tree instead")
+    parser.add_argument(
+        "--garbage", action="store_true", help="count what a request leaves for the collector"
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child's run
     parser.add_argument("--minimal", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_intermixed_args()
@@ -53,6 +57,8 @@ def main() -> int:
         return measure_here(args)
     if args.profile:
         return run_child(args.trees[0], args, ["--profile", str(args.profile)], show=True)
+    if args.garbage:
+        return run_child(args.trees[0], args, ["--garbage"], show=True)
 
     figures: dict[Path, list[float]] = {tree: [] for tree in args.trees}
     for round_number in range(1, args.rounds + 1):
@@ -100,6 +106,8 @@ def measure_here(args) -> int:
     # The first request's one-off work (metric children, caches) is not timed; its answer is
     # checked, so a tree that fails the request cannot look fast.
     status_line = first_answer().split(b"\r\n", 1)[0]
+    if args.garbage:
+        return count_garbage(answer_one, args.requests, status_line)
     if not status_line.startswith(b"HTTP/1.0 200 "):
         sys.exit(f"the first request was not answered 200: {status_line!r}")
     if args.profile:
@@ -112,8 +120,30 @@ def measure_here(args) -> int:
         print(f"{stats.total_calls / args.requests:.0f} function calls a request")
         stats.sort_stats("tottime").print_stats(args.profile)
         return 0
-    batches = timeit.repeat(answer_one, number=args.requests, repeat=5)
+    # With the garbage collector on, as in a server: timeit turns it off by default, which
+    # would hide the cost of every reference cycle a request leaves behind.
+    batches = timeit.repeat(answer_one, "gc.enable()", number=args.requests, repeat=5)
     print(f"{min(batches) / args.requests * 1e6:.1f}")
+    return 0
+
+
+def count_garbage(answer_one, requests: int, status_line: bytes) -> int:
+    """What each request leaves that only the garbage collector frees (objects in reference
+    cycles): each costs a traversal, and enough of them a collection that stalls the worker."""
+    import collections
+    import gc
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # the collector keeps what it finds, to be counted
+    for _ in range(requests):
+        answer_one()
+    gc.collect()
+    gc.set_debug(0)
+    kinds = collections.Counter(type(thing).__qualname__ for thing in gc.garbage)
+    print(status_line.decode("latin-1"))
+    for kind, count in kinds.most_common(12):
+        print(f"{count / requests:8.2f} {kind}")
+    print(f"{len(gc.garbage) / requests:.2f} objects a request left for the collector")
     return 0
 
 
