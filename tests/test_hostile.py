@@ -134,6 +134,16 @@ def test_a_newline_cannot_be_smuggled_into_a_header(server):
     assert "%0d" not in reply.header("X-Vcap-Request-Id")
 
 
+def pipelined(port: int, heads: list[bytes], expected_status: int, per_write: int = 500) -> None:
+    """Send `heads` in writes of `per_write` requests on one connection each, read every answer."""
+    for batch in range(0, len(heads), per_write):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"".join(heads[batch : batch + per_write]))
+            reader = sock.makefile("rb")
+            for _ in heads[batch : batch + per_write]:
+                assert read_body(reader, read_head(reader), "GET").status == expected_status
+
+
 def invented_methods(count: int) -> list[str]:
     """Methods gunicorn accepts as tokens and no route knows: QMETHODAAAA, QMETHODAAAB, ..."""
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -142,22 +152,39 @@ def invented_methods(count: int) -> list[str]:
 
 def test_thousands_of_invented_methods_do_not_grow_metrics(start_server):
     server = start_server()
-    methods = invented_methods(25_000)
-    for batch in range(0, len(methods), 500):  # pipelined, 500 requests per write
-        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-            sock.sendall(
-                b"".join(
-                    f"{method} /health HTTP/1.1\r\nHost: t\r\n\r\n".encode()
-                    for method in methods[batch : batch + 500]
-                )
-            )
-            reader = sock.makefile("rb")
-            for _ in range(500):
-                assert read_body(reader, read_head(reader), "GET").status == 405
+    heads = [
+        f"{method} /health HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        for method in invented_methods(25_000)
+    ]
+    pipelined(server.port, heads, 405)
     metrics = request(server.port, "/metrics")
     assert len(metrics.body) < 64 * 1024, f"/metrics is {len(metrics.body)} bytes"
     assert b'method="other",status="405"} 25000.0' in metrics.body
     assert b"QMETHOD" not in metrics.body
+
+
+def test_thousands_of_invented_hosts_do_not_grow_the_worker(start_server):
+    # The worker remembers the URL map's binding per Host, scheme, port and mount point
+    # (streamhtml/web.py), at most MAX_REMEMBERED_BINDINGS of them; a client inventing a Host
+    # a request must find the rest bound afresh, not a table growing with every name.
+    from siege_support import rss_kib
+
+    server = start_server({"WEB_CONCURRENCY": "1"})
+    (worker,) = server.worker_pids()
+
+    def heads(first: int, count: int) -> list[bytes]:
+        return [
+            f"GET /health HTTP/1.1\r\nHost: h{n}.example:{1000 + n % 60000}\r\n\r\n".encode()
+            for n in range(first, first + count)
+        ]
+
+    pipelined(server.port, heads(0, 2_000), 200)  # the table full, the worker warm
+    before_kib = rss_kib(worker)
+    pipelined(server.port, heads(2_000, 30_000), 200)
+    grown_kib = rss_kib(worker) - before_kib
+    # Kept, 30,000 bindings would be some 30 MiB (a MapAdapter and its key each).
+    assert grown_kib < 4 * 1024, f"the worker grew {grown_kib} KiB"
+    assert request(server.port, "/health").status == 200
 
 
 MALFORMED = {
