@@ -11,7 +11,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, InternalServerError
-from werkzeug.routing import MapAdapter
+from werkzeug.routing import Map, MapAdapter
+from werkzeug.routing.matcher import StateMachineMatcher
 
 from . import __version__, capacity, metrics, observe
 from . import environ as env
@@ -357,9 +358,55 @@ def _decoded(value: str | None) -> str | None:
     return None if value is None else value.encode("latin1").decode(errors="replace")
 
 
+# How many matches of a rule without arguments the URL map remembers. Only a rule's own path
+# (with a method it allows) matches it, so a handful are ever made; the cap is a backstop.
+MAX_REMEMBERED_MATCHES = 256
+
+
+class RememberingMatcher(StateMachineMatcher):
+    """Werkzeug's matcher, remembering which rule without arguments a path matched.
+
+    Werkzeug walks its state machine through a recursive closure every time, some 2 µs, and
+    leaves the closure in a reference cycle for the garbage collector. A rule without
+    arguments always gives the same answer, and no arguments, for the same path and method;
+    a rule with arguments (the static files), a miss, a redirect are Werkzeug's each time.
+    """
+
+    def __init__(self, merge_slashes: bool):
+        super().__init__(merge_slashes)
+        self._matched: dict[tuple, object] = {}
+
+    def add(self, rule) -> None:
+        self._matched.clear()
+        super().add(rule)
+
+    def match(self, domain, path, method, websocket):
+        key = (domain, path, method, websocket)
+        rule = self._matched.get(key)
+        if rule is not None:
+            return rule, {}
+        rule, values = super().match(domain, path, method, websocket)
+        if not rule.arguments and len(self._matched) < MAX_REMEMBERED_MATCHES:
+            self._matched[key] = rule
+        return rule, values
+
+
+class RememberingMap(Map):
+    """Werkzeug's URL map, with a matcher that remembers (RememberingMatcher)."""
+
+    def __init__(self, rules=None, **options):
+        super().__init__(None, **options)
+        self._matcher = RememberingMatcher(self.merge_slashes)
+        for rule in rules or ():
+            self.add(rule)
+
+
 class App(Flask):
     """Flask, asking once per function, not every request, whether it is a coroutine, and
-    working out once per host, not every request, how the URL map binds to it."""
+    working out once per host, not every request, how the URL map binds to it and which
+    rule a path matches."""
+
+    url_map_class: type[Map] = RememberingMap
 
     def ensure_sync(self, func):
         runnable = self._runnable.get(func)

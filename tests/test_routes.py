@@ -153,6 +153,83 @@ def test_a_client_inventing_hosts_cannot_grow_the_remembered_bindings(app, clien
     assert app.create_url_adapter(app.request_class(environ)).server_name == "late.example"
 
 
+# Paths and methods the URL map answers differently: a rule, a rule's other methods, a miss,
+# trailing and doubled slashes (redirects), a rule with arguments (static files), a WebSocket.
+MATCH_CASES = [
+    ("/streamhtml", "GET", False),
+    ("/streamhtml", "HEAD", False),
+    ("/streamhtml", "OPTIONS", False),
+    ("/streamhtml", "POST", False),
+    ("/streamhtml", "GET", True),
+    ("/streamhtml/", "GET", False),
+    ("//streamhtml", "GET", False),
+    ("/streamhtml//", "GET", False),
+    ("/", "GET", False),
+    ("", "GET", False),
+    ("/health", "DELETE", False),
+    ("/nowhere", "GET", False),
+    ("/static/app.js", "GET", False),
+    ("/static/other.css", "GET", False),
+    ("/static/", "GET", False),
+    ("/large.csv", "HEAD", False),
+]
+
+
+def match_answer(url_map, path, method, websocket):
+    """What binding `url_map` and matching gives: the rule and arguments, or the refusal."""
+    adapter = url_map.bind("localhost", path_info=path, default_method=method)
+    try:
+        rule, arguments = adapter.match(return_rule=True, websocket=websocket)
+        return rule.rule, rule.endpoint, arguments
+    except Exception as refusal:  # NotFound, MethodNotAllowed, a redirect: each its own
+        return (
+            type(refusal),
+            getattr(refusal, "valid_methods", None),
+            getattr(refusal, "new_url", None),
+        )
+
+
+def test_the_url_map_matches_each_path_as_werkzeugs_own_first_time_and_remembered(app):
+    from werkzeug.routing import Map
+
+    werkzeugs = Map([rule.empty() for rule in app.url_map.iter_rules()])
+    for _first_time_then_remembered in range(2):
+        for case in MATCH_CASES:
+            assert match_answer(app.url_map, *case) == match_answer(werkzeugs, *case), case
+    remembered = app.url_map._matcher._matched
+    assert {path for _, path, _, _ in remembered} == {"/streamhtml", "/", "/large.csv"}
+
+
+def test_a_remembered_match_gives_each_request_its_own_arguments(app):
+    def arguments():
+        return app.url_map.bind("localhost").match("/health", return_rule=True)[1]
+
+    arguments()  # Werkzeug's answer, now remembered
+    arguments()["changed"] = True
+    assert arguments() == {}
+
+
+def test_a_rule_added_later_is_matched_not_what_was_remembered_before_it():
+    from werkzeug.routing import Map, Rule
+
+    from streamhtml.web import RememberingMap
+
+    ours = RememberingMap([Rule("/a/", endpoint="with a slash", strict_slashes=False)])
+    assert ours.bind("localhost").match("/a") == ("with a slash", {})
+    assert ours.bind("localhost").match("/a") == ("with a slash", {})  # remembered
+    ours.add(Rule("/a", endpoint="without"))
+    werkzeugs = Map([Rule("/a/", endpoint="with a slash", strict_slashes=False)])
+    werkzeugs.add(Rule("/a", endpoint="without"))
+    assert ours.bind("localhost").match("/a") == werkzeugs.bind("localhost").match("/a")
+
+
+def test_a_client_asking_for_thousands_of_paths_cannot_grow_the_remembered_matches(app, client):
+    for number in range(300):
+        assert client.get(f"/static/missing-{number}.js").status_code == 404
+        assert client.get(f"/nowhere-{number}").status_code == 404
+    assert len(app.url_map._matcher._matched) == 0
+
+
 def test_each_stream_gets_its_own_copy_of_the_checked_stream_headers(client):
     from werkzeug.datastructures import Headers
 
