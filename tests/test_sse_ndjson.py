@@ -223,23 +223,6 @@ def test_a_malformed_number_is_a_400_naming_the_parameter(small_server, path, qu
     assert json.loads(reply.body)["parameter"] == named
 
 
-@pytest.mark.parametrize("path", ["/sse", "/ndjson"])
-@pytest.mark.parametrize(
-    "query, named",
-    [
-        ("nblocks=1001", "nblocks"),
-        ("block_size=4097", "block_size"),
-        ("sleep_ms=2001", "sleep_ms"),
-        ("nblocks=1000&block_size=4096", "nblocks"),  # over max_response_bytes
-        ("nblocks=6&sleep_ms=1000", "sleep_ms"),  # over max_stream_duration_s
-    ],
-)
-def test_the_limits_of_streamhtml_hold(small_server, path, query, named):
-    reply = request(small_server.port, f"{path}?{query}")
-    assert reply.status == 400
-    assert json.loads(reply.body)["parameter"] == named
-
-
 def test_an_ndjson_block_size_too_small_for_the_line_names_the_minimum(server):
     reply = request(server.port, "/ndjson?nblocks=100&block_size=41")
     assert reply.status == 400

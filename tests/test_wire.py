@@ -174,6 +174,7 @@ def test_every_malformed_number_is_a_json_400_before_any_byte_streams(small_serv
     assert body["error"] and body["detail"]
 
 
+@pytest.mark.parametrize("path", ["/streamhtml", "/sse", "/ndjson"])
 @pytest.mark.parametrize(
     "query, parameter",
     [
@@ -184,8 +185,8 @@ def test_every_malformed_number_is_a_json_400_before_any_byte_streams(small_serv
         ("nblocks=6&sleep_ms=1000", "sleep_ms"),  # over max_stream_duration_s
     ],
 )
-def test_each_limit_is_refused_up_front(small_server, query, parameter):
-    reply = request(small_server.port, f"/streamhtml?{query}")
+def test_each_limit_is_refused_up_front(small_server, path, query, parameter):
+    reply = request(small_server.port, f"{path}?{query}")
     assert reply.status == 400
     assert json.loads(reply.body)["parameter"] == parameter
 
