@@ -16,7 +16,8 @@ from packaging.requirements import Requirement
 from support import REPO
 
 from streamhtml import environ as env
-from streamhtml.worker import SEND_BYTES, StreamingResponse, StreamingWorker
+from streamhtml.response import SEND_BYTES, StreamingResponse
+from streamhtml.worker import StreamingWorker
 
 
 def test_the_installed_gunicorn_is_the_range_the_worker_was_written_against():

@@ -1,0 +1,291 @@
+"""The HTTP/1 response every request of StreamingWorker is answered with (streamhtml/worker.py
+has gunicorn build it, through `wsgi.create`).
+
+It is gunicorn's own Response, sending differently: no send waits more than
+STREAMHTML_STALL_TIMEOUT_S for the client to accept a byte, none goes past a stream's
+deadline, and framing goes out with the block in one sendmsg() without copying it. A body
+whose items are all ready at once (`environ.mark_coalescable`) is sent in writes of about
+SEND_BYTES instead of one send per item; every item is still its own HTTP chunk. On the
+worker's main loop nothing waits: a send the socket cannot take raises WouldBlock, with the
+rest still queued, and a pool thread carries on from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+import time
+import weakref
+from collections.abc import Callable
+from functools import partial
+from typing import NoReturn
+
+from gunicorn import util
+from gunicorn.http import wsgi
+
+from . import environ as env
+from .observe import DEADLINE, STALLED
+
+SEND_BYTES = 64 * 1024
+# Items this large are sent from where they are, not copied next to their framing.
+ZERO_COPY_BYTES = 16 * 1024
+# sendmsg() takes at most IOV_MAX (1024 on Linux) buffers; each chunk is three.
+MAX_PARTS = 1020
+
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees at once
+_CHUNK_END = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+# Response fields gunicorn's checks passed unchanged, by (name, value). Most fields repeat on
+# every response (the stream headers, the content types), and each check is two regular
+# expressions, a lower() and a hop-by-hop lookup. Bounded: request ids and timings differ every
+# time, and past this many the rest are checked every time, as before.
+MAX_PASSED_FIELDS = 256
+_passed_fields: dict[tuple[str, str], None] = {}
+
+
+class ResponseCut(BrokenPipeError):
+    """We ended the response ourselves; gthread treats it as the broken pipe it becomes."""
+
+
+class WouldBlock(Exception):  # noqa: N818 - a condition, not an error
+    """On the main loop, the socket took less than was queued; the rest is still queued."""
+
+
+# Sockets we set to reset on close (StreamingResponse._cut), until they are closed: asking
+# the socket instead costs a getsockopt() for every connection that ends.
+# Weak, so a socket closed by any other path is not kept.
+reset_on_close: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+class StreamingResponse(wsgi.Response):
+    """gunicorn's HTTP/1 response, sent with a stall timeout, a deadline and few copies.
+
+    Small items are gathered into a bytearray with their framing; an item of ZERO_COPY_BYTES
+    or more goes out as it is, a view between its framing, in the same sendmsg().
+    """
+
+    stall_timeout_s: float = 60.0
+    headers_sent: bool
+    sent: int
+
+    def __init__(self, req, sock, cfg):
+        super().__init__(req, sock, cfg)
+        self.environ: env.Environ = {}
+        self._coalesce: bool | None = None
+        self._timeout_s: float | None = None
+        # On the main loop: sends never wait, and a send that would raises WouldBlock.
+        self.inline = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tail = bytearray()
+        self._parts: list = [self._tail]
+        self._items: list[int] = []  # body size of each queued item, in order
+        self._lead = 0  # bytes of response head queued before the first item
+        self._pending_body = 0
+        self._handed = 0  # bytes of the queue the socket took before a WouldBlock
+
+    # gunicorn's write(), but taking any buffer (a memoryview of a shared block, say) and
+    # counting a byte as sent only once the socket took it.
+    def write(self, arg) -> None:
+        if not self.headers_sent:
+            self.send_headers()
+        if self._omits_body:
+            return
+        size = len(arg)
+        if self.response_length is not None:
+            room = self.response_length - self.sent - self._pending_body
+            if room <= 0:
+                return
+            if size > room:
+                arg, size = memoryview(arg)[:room], room
+        if size == 0:
+            return  # an empty chunk would end a chunked body
+        tail = self._tail
+        if self.chunked:
+            tail += b"%X\r\n" % size
+        if size < ZERO_COPY_BYTES:
+            tail += arg
+        else:
+            self._tail = bytearray()
+            self._parts += (arg, self._tail)
+        if self.chunked:
+            self._tail += _CHUNK_END
+        self._items.append(size)
+        self._pending_body += size
+        if self._coalesce is None:
+            self._coalesce = env.coalescable(self.environ)
+        if not self._coalesce or self._pending_body >= SEND_BYTES or len(self._parts) > MAX_PARTS:
+            self.flush()
+
+    def write_items(self, items) -> None:
+        """write() for each item of a body. Once the head is queued and the body is known to
+        be batched and of no set length, nothing write() checks can change until the end, and
+        a small item needs only its framing and a place in the queue. Empty and large items
+        still go through write()."""
+        write = self.write
+        rest = iter(items)
+        for item in rest:
+            write(item)
+            # write() decides on batching only for a body it sends (not for HEAD's, say).
+            if self._coalesce and self.response_length is None:
+                break
+        else:
+            return
+        chunked = self.chunked
+        for item in rest:
+            size = len(item)
+            if not 0 < size < ZERO_COPY_BYTES:
+                write(item)
+                continue
+            tail = self._tail
+            if chunked:
+                tail += b"%X\r\n" % size
+                tail += item
+                tail += _CHUNK_END
+            else:
+                tail += item
+            self._items.append(size)
+            self._pending_body += size
+            if self._pending_body >= SEND_BYTES:
+                self.flush()
+
+    def process_headers(self, headers) -> None:
+        passed = _passed_fields
+        for field in headers:
+            if type(field) is tuple and field in passed:
+                self.headers.append(field)
+                continue
+            held = len(self.headers)
+            super().process_headers((field,))
+            # A Content-Length also sets response_length: it is checked every time.
+            if (
+                len(self.headers) == held + 1
+                and self.headers[-1] == field
+                and type(field) is tuple
+                and field[0].lower() != "content-length"
+                and len(passed) < MAX_PASSED_FIELDS
+            ):
+                passed[field] = None
+
+    def send_headers(self) -> None:
+        # Queued, not sent: they leave with the first body bytes, in the same write.
+        if self.headers_sent:
+            return
+        lines = self.default_headers()
+        lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
+        head = util.to_bytestring("".join(lines) + "\r\n", "latin-1")
+        self._tail += head
+        self._lead += len(head)
+        self.headers_sent = True
+
+    def sendfile(self, respiter) -> bool:
+        return False  # file bodies go through write(), and so get the same timeouts
+
+    def close(self) -> None:
+        self.send_headers()
+        if self.chunked:
+            self._tail += _LAST_CHUNK
+        self.flush()
+
+    def flush(self) -> None:
+        parts = [part for part in self._parts if part]
+        if not parts:
+            return
+        if self.inline:
+            self._send_all(parts, self._send_now)
+            return
+        stream = env.stream_of(self.environ)
+        deadline = None
+        if stream is not None:
+            deadline = stream.deadline
+            stream.give_back_turn()
+        self._send_all(parts, partial(self._send_waiting, deadline))
+
+    def _send_all(self, parts: list, send: Callable[[list], int]) -> None:
+        """Hand `parts` to the socket through `send`, counting body bytes as sent once taken.
+        When `send` takes nothing (on the main loop: the socket is full), the rest stays
+        queued and WouldBlock is raised."""
+        handed = self._handed
+        try:
+            while parts:
+                sent = send(parts)
+                if not sent:
+                    # A fresh tail: the queue may hold a view of the old one, which must not
+                    # grow while it is exported.
+                    self._tail = bytearray()
+                    self._parts = [*parts, self._tail]
+                    self._handed = handed
+                    raise WouldBlock
+                handed += sent
+                parts = _advance(parts, sent)
+        except WouldBlock:
+            raise
+        except BaseException:
+            self.sent += self._body_within(handed)
+            self._reset()
+            raise
+        self.sent += self._pending_body
+        self._reset()
+
+    def _send_waiting(self, deadline: float | None, parts: list) -> int:
+        """One sendmsg that waits no longer than the stall timeout, nor past the deadline."""
+        wait_s = self.stall_timeout_s
+        if deadline is not None:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                self._cut(DEADLINE)
+            wait_s = min(wait_s, left_s)
+        if wait_s != self._timeout_s:
+            self.sock.settimeout(wait_s)
+            self._timeout_s = wait_s
+        try:
+            return self.sock.sendmsg(parts)
+        except TimeoutError:
+            late = deadline is not None and time.monotonic() >= deadline
+            self._cut(DEADLINE if late else STALLED)
+
+    def _send_now(self, parts: list) -> int:
+        """One sendmsg that never waits: 0 when the socket takes nothing."""
+        try:
+            return self.sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def _body_within(self, handed: int) -> int:
+        """How many body bytes are in the first `handed` bytes of what was queued."""
+        handed -= self._lead
+        body = 0
+        for size in self._items:
+            if handed <= 0:
+                break
+            if self.chunked:
+                handed -= len(b"%X\r\n" % size)
+            body += max(0, min(size, handed))
+            handed -= size + (len(_CHUNK_END) if self.chunked else 0)
+        return body
+
+    def _cut(self, outcome: str) -> NoReturn:
+        stream = env.stream_of(self.environ)
+        if stream is not None:
+            stream.cut(outcome)
+        else:
+            env.mark_cut(self.environ, outcome)
+        # Reset rather than close politely: a client that took nothing for so long would
+        # otherwise pin the unsent bytes in the kernel for minutes.
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+            reset_on_close.add(self.sock)
+        raise ResponseCut(errno.EPIPE, f"response cut: {outcome}")
+
+
+def _advance(parts: list, sent: int) -> list:
+    """What is left of `parts` once the socket took `sent` bytes from their front."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return [memoryview(part)[sent:], *parts[index + 1 :]]
+        sent -= len(part)
+    return []
