@@ -2,11 +2,12 @@
 
 Each request is the head `ab` sends, answered by StreamingWorker.answer_one (gunicorn's
 parser, wsgi.create, Flask and the app, the access line and the metrics, the one sendmsg) over
-a socketpair, with the caches warm. It leaves out what only a server does (accept, the poller,
-the close) and what the kernel and `ab` cost, so its figures are lower than a server's CPU per
-request (bench/PROFILE.md says by how much); what it is for is telling two trees apart. On a
-shared VM the wire's req/s moves by ±10 % from one minute to the next; this, run interleaved,
-by a few per cent.
+a socketpair, with the caches warm; a request the main loop hands to a pool thread (a stream
+that is not brief) is carried on at once on the same thread. It leaves out what only a server
+does (accept, the poller, the close) and what the kernel and `ab` cost, so its figures are
+lower than a server's CPU per request (bench/PROFILE.md says by how much); what it is for is
+telling two trees apart. On a shared VM the wire's req/s moves by ±10 % from one minute to
+the next; this, run interleaved, by a few per cent.
 
     .venv/bin/python bench/inprocess.py . /tmp/my-change --rounds 6   # A/B, interleaved
     .venv/bin/python bench/inprocess.py . minimal --rounds 6          # beside the baseline
@@ -28,8 +29,10 @@ import subprocess
 import sys
 import tempfile
 import timeit
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 HEAD = (
     b"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:8080\r\nUser-Agent: ApacheBench/2.3\r\n"
@@ -180,6 +183,10 @@ def request_path(path: bytes):
     worker.cfg, worker.log, worker.wsgi = cfg, log, app
     worker.nr, worker.max_requests, worker.alive = 0, sys.maxsize, True
     worker.keepalived_conns, worker.max_keepalived, worker.nr_conns = [], 100, 1
+    # A request handed to the pool (a live stream that is not brief) is served at once, on
+    # this thread; what the main loop does once it is over (keep-alive or close) is not run.
+    worker.tpool, worker.on_pool = _AtOnce(), 0
+    worker.method_queue = SimpleNamespace(defer=lambda *args: None)
 
     # The parser the worker's main loop makes (gunicorn's, in a tree before new_parser).
     new_parser = getattr(worker, "new_parser", partial(RequestParser, cfg))
@@ -200,6 +207,15 @@ def request_path(path: bytes):
         return bytes(received[: answer_one()])
 
     return answer_one, first_answer
+
+
+class _AtOnce:
+    """A thread pool that runs what it is given at once, on the caller's thread."""
+
+    def submit(self, function, *args):
+        done: Future = Future()
+        done.set_result(function(*args))
+        return done
 
 
 def wide_socketpair():
