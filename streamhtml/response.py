@@ -88,69 +88,46 @@ class StreamingResponse(wsgi.Response):
         self._pending_body = 0
         self._handed = 0  # bytes of the queue the socket took before a WouldBlock
 
-    # gunicorn's write(), but taking any buffer (a memoryview of a shared block, say) and
-    # counting a byte as sent only once the socket took it.
     def write(self, arg) -> None:
-        if not self.headers_sent:
-            self.send_headers()
-        if self._omits_body:
-            return
-        size = len(arg)
-        if self.response_length is not None:
-            room = self.response_length - self.sent - self._pending_body
-            if room <= 0:
-                return
-            if size > room:
-                arg, size = memoryview(arg)[:room], room
-        if size == 0:
-            return  # an empty chunk would end a chunked body
-        tail = self._tail
-        if self.chunked:
-            tail += b"%X\r\n" % size
-        if size < ZERO_COPY_BYTES:
-            tail += arg
-        else:
-            self._tail = bytearray()
-            self._parts += (arg, self._tail)
-        if self.chunked:
-            self._tail += _CHUNK_END
-        self._items.append(size)
-        self._pending_body += size
-        if self._coalesce is None:
-            self._coalesce = env.coalescable(self.environ)
-        if not self._coalesce or self._pending_body >= SEND_BYTES or len(self._parts) > MAX_PARTS:
-            self.flush()
+        self.write_items((arg,))
 
+    # gunicorn's write(), for each item of a body in one loop, taking any buffer (a memoryview
+    # of a shared block, say) and counting a byte as sent only once the socket took it.
     def write_items(self, items) -> None:
-        """write() for each item of a body. Once the head is queued and the body is known to
-        be batched and of no set length, nothing write() checks can change until the end, and
-        a small item needs only its framing and a place in the queue. Empty and large items
-        still go through write()."""
-        write = self.write
-        rest = iter(items)
-        for item in rest:
-            write(item)
-            # write() decides on batching only for a body it sends (not for HEAD's, say).
-            if self._coalesce and self.response_length is None:
-                break
-        else:
-            return
         chunked = self.chunked
-        for item in rest:
-            size = len(item)
-            if not 0 < size < ZERO_COPY_BYTES:
-                write(item)
+        for item in items:
+            if not self.headers_sent:
+                self.send_headers()
+            if self._omits_body:
                 continue
+            size = len(item)
+            if self.response_length is not None:
+                room = self.response_length - self.sent - self._pending_body
+                if room <= 0:
+                    continue
+                if size > room:
+                    item, size = memoryview(item)[:room], room
+            if size == 0:
+                continue  # an empty chunk would end a chunked body
             tail = self._tail
             if chunked:
                 tail += b"%X\r\n" % size
+            if size < ZERO_COPY_BYTES:
                 tail += item
-                tail += _CHUNK_END
             else:
-                tail += item
+                self._tail = tail = bytearray()
+                self._parts += (item, tail)
+            if chunked:
+                tail += _CHUNK_END
             self._items.append(size)
             self._pending_body += size
-            if self._pending_body >= SEND_BYTES:
+            if self._coalesce is None:
+                self._coalesce = env.coalescable(self.environ)
+            if (
+                not self._coalesce
+                or self._pending_body >= SEND_BYTES
+                or len(self._parts) > MAX_PARTS
+            ):
                 self.flush()
 
     def process_headers(self, headers) -> None:
