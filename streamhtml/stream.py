@@ -16,6 +16,9 @@ from .observe import CLIENT_GONE, COMPLETE, DEADLINE, ERROR
 # POLLRDHUP reports a peer's FIN even when the kernel has no data to read (Linux only).
 _HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 _WATCH = select.POLLIN | _HANGUP
+# The flags of a recv that looks without taking or waiting, as one int: or-ing the two enums
+# is a Python call each time.
+PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 def shut_socket(sock: socket.socket | None) -> None:
@@ -65,7 +68,7 @@ class ClientWatcher:
     def _client_gone(self) -> bool:
         assert self._sock is not None
         try:
-            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            return self._sock.recv(1, PEEK_NOW) == b""
         except BlockingIOError:
             return False
         except OSError:
@@ -140,33 +143,29 @@ class LiveStream:
         self._release = None
         self.outcome: str | None = None
 
-    def __iter__(self):
-        if self._turns is None:
-            # No turn to take before an item: the items pass through a generator, which the
-            # server resumes for less than a call of __next__ costs.
-            return self._passed_through()
-        return self
-
-    def _passed_through(self) -> Iterator:
+    def __iter__(self) -> Iterator:
         try:
-            yield from self._chunks
+            if self._turns is None:
+                yield from self._chunks  # no turn to take: straight through, at C speed
+            else:
+                yield from self._made_in_turns(self._turns)
         except Exception:
             self.outcome = ERROR
             raise
         self.outcome = self._stopped_by() or COMPLETE
 
-    def __next__(self):
-        if self._turns is not None and not self._has_turn:
-            self._turns.take()
-            self._has_turn = True
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            self.outcome = self._stopped_by() or COMPLETE
-            raise
-        except Exception:
-            self.outcome = ERROR
-            raise
+    def _made_in_turns(self, turns: Turns) -> Iterator:
+        """The items, each made holding a turn; flush() gives it back before sending."""
+        chunks = self._chunks
+        while True:
+            if not self._has_turn:
+                turns.take()
+                self._has_turn = True
+            try:
+                item = next(chunks)
+            except StopIteration:
+                return
+            yield item
 
     def _stopped_by(self) -> str | None:
         return self._cut or (self._watcher.outcome if self._watcher else None)

@@ -55,6 +55,7 @@ from . import environ as env
 from .observe import COMPLETE, RequestRecord, log
 from .response import StreamingResponse, WouldBlock, reset_on_close
 from .settings import load_settings
+from .stream import PEEK_NOW
 
 RECV_BYTES = 64 * 1024
 # As gunicorn's util.close_graceful: how long and how much a closing connection is drained.
@@ -92,9 +93,6 @@ BUSY_POOL = 8
 CHORES_EVERY_S = 0.05
 
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
-# An int, as the flags of the recv that looks without waiting: or-ing the enums costs a
-# Python call every time.
-_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 class HandOff(Exception):  # noqa: N818 - not an error: a change of thread
@@ -232,7 +230,7 @@ class Connection(TConn):
             # With a timeout, Python waits for the socket to be readable before any recv().
             self.sock.setblocking(False)
         try:
-            return not self.sock.recv(1, _PEEK_NOW)
+            return not self.sock.recv(1, PEEK_NOW)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
