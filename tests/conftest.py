@@ -1,11 +1,13 @@
 """Fixtures: the app with small limits, and real gunicorn servers started as the Procfile does."""
 
+import os
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
+from pg_support import DEBIAN_ROOT, Postgres, find_bindir
 from support import Server, read_body, read_head, send_request
 
 from streamhtml.settings import Settings, small_limits, small_limits_env
@@ -98,3 +100,21 @@ def connection_idle_since_the_start(request, tmp_path_factory):
     yield idle
     idle.done.wait(idle.idle_for_s + 30)
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL for the whole run (tests/pg_support.py), started the first time a test
+    asks for it, then stopped and its directory removed, on failure or Ctrl-C too. Skipped only
+    when no PostgreSQL is installed and this is not CI, where `make tools` installs it."""
+    bindir = find_bindir()
+    if bindir is None:
+        reason = f"no PostgreSQL server binaries ({DEBIAN_ROOT}/*/bin): `make tools` installs them"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = Postgres(bindir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
