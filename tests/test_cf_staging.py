@@ -12,6 +12,9 @@
    buildpack's are; the staging paths are locked away (mode 000).
 5. Start the Procfile's web: command through `bash -c`, as uid/gid 65534, under `env -i` with
    only the platform's variables, and probe it as the platform and a user would.
+6. As that user, with those variables, import the staged psycopg: its binary implementation
+   runs on the libpq its wheel bundles (none of this machine's), and reaches a real PostgreSQL
+   through psycopg_pool.
 """
 
 import json
@@ -175,6 +178,74 @@ def test_the_buildpacks_vendored_pip_install_succeeds_offline(droplet):
     pins, _ = parse_pins((droplet.layout.app / "requirements.txt").read_text())
     for name, pin in pins.items():
         assert installed.get(canonicalize_name(name)) == pinned_version(pin), name
+
+
+def run_in_droplet(layout: Layout, script: str) -> dict:
+    """Run `python -c script` as the start command runs: the unprivileged user, the relocated
+    Python, only the platform's variables, from the app dir. The script prints one JSON line."""
+    env = platform_environment(manifest_app(), layout, port=free_port())
+    run = subprocess.run(
+        ["setpriv", f"--reuid={RUN_UID}", f"--regid={RUN_GID}", "--clear-groups", "--"]
+        + ["env", "-i", *(f"{key}={value}" for key, value in env.items())]
+        + ["python", "-c", script],
+        cwd=layout.app,
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads(run.stdout)
+
+
+# What the droplet's psycopg loads: its C implementation and the libpq mapped to make it run.
+PSYCOPG_PROBE = """
+import json
+import psycopg, psycopg_pool
+mapped = [line.split(None, 5) for line in open("/proc/self/maps")]
+libpq = sorted({fields[5].strip() for fields in mapped if len(fields) == 6 and "libpq" in fields[5]})
+try:
+    psycopg.connect("postgresql://nobody:secret@127.0.0.1:%d/none", connect_timeout=5)
+    error = None
+except psycopg.OperationalError as caught:
+    error = str(caught)
+print(json.dumps({"impl": psycopg.pq.__impl__, "libpq_version": psycopg.pq.version(),
+                  "libpq": libpq, "error": error, "pool": psycopg_pool.__version__}))
+"""
+
+
+def test_the_staged_psycopg_runs_on_the_libpq_its_binary_wheel_bundles(droplet):
+    # cflinuxfs4 may have no libpq: the vendored psycopg-binary carries its own, and that one,
+    # not this machine's (which is installed), is what the app loads.
+    assert droplet.result.succeeded, droplet.result.output
+    closed_port = free_port()
+    seen = run_in_droplet(droplet.layout, PSYCOPG_PROBE % closed_port)
+
+    assert seen["impl"] == "binary"
+    assert seen["libpq_version"] >= 140000
+    assert seen["libpq"], "libpq is mapped once psycopg's binary implementation is imported"
+    for path in seen["libpq"]:
+        assert Path(path).is_relative_to(droplet.layout.deps), path
+        assert "psycopg_binary" in path, path
+    # libpq works: it tried the closed port and said so.
+    assert "refused" in seen["error"], seen["error"]
+    assert seen["pool"]
+
+
+POOL_PROBE = """
+import json
+from psycopg_pool import ConnectionPool
+with ConnectionPool(%r, min_size=1, max_size=1) as pool:
+    with pool.connection(timeout=10) as conn:
+        row = conn.execute("SELECT current_user, current_setting('is_superuser')").fetchone()
+print(json.dumps({"row": list(row)}))
+"""
+
+
+def test_the_staged_app_reaches_postgresql_through_a_psycopg_pool(droplet, postgres):
+    assert droplet.result.succeeded, droplet.result.output
+    seen = run_in_droplet(droplet.layout, POOL_PROBE % postgres.url)
+    assert seen["row"] == ["streamhtml", "off"]
 
 
 def test_pips_absolute_shebangs_are_made_portable_as_the_buildpacks_are(droplet):
