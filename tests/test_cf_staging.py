@@ -203,7 +203,8 @@ PSYCOPG_PROBE = """
 import json
 import psycopg, psycopg_pool
 mapped = [line.split(None, 5) for line in open("/proc/self/maps")]
-libpq = sorted({fields[5].strip() for fields in mapped if len(fields) == 6 and "libpq" in fields[5]})
+paths = {fields[5].strip() for fields in mapped if len(fields) == 6}
+libpq = sorted(path for path in paths if "libpq" in path)
 try:
     psycopg.connect("postgresql://nobody:secret@127.0.0.1:%d/none", connect_timeout=5)
     error = None
