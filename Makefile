@@ -25,11 +25,14 @@ run: $(VENV)/.runtime
 
 # Debian tools the wire tests drive, installed only when missing: ab; nginx as a stand-in
 # router and proxy; chromium for the page test (driven by Playwright, never its own browser
-# download); openssl for the probe's https test.
+# download); openssl for the probe's https test; postgresql for the exports' real database
+# (tests/pg_support.py runs its own throwaway cluster; the one Debian may create and start on
+# port 5432 is never used).
 APT_TOOLS := $(shell command -v ab >/dev/null || echo apache2-utils) \
 	$(shell PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || echo nginx-light) \
 	$(shell [ -x /usr/bin/chromium ] || echo chromium) \
-	$(shell command -v openssl >/dev/null || echo openssl)
+	$(shell command -v openssl >/dev/null || echo openssl) \
+	$(shell ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql)
 tools:
 	@[ -z "$(strip $(APT_TOOLS))" ] || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq $(APT_TOOLS); }
