@@ -109,7 +109,10 @@ def postgres():
     when no PostgreSQL is installed and this is not CI, where `make tools` installs it."""
     bindir = find_bindir()
     if bindir is None:
-        reason = f"no PostgreSQL server binaries ({DEBIAN_ROOT}/*/bin): `make tools` installs them"
+        reason = (
+            f"no PostgreSQL server binaries ({DEBIAN_ROOT}/*/bin, or initdb and pg_ctl on PATH): "
+            "`make tools` installs them"
+        )
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

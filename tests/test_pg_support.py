@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from pg_support import APP_DATABASE, APP_ROLE, Postgres, find_bindir
+from pg_support import APP_DATABASE, APP_ROLE, Postgres
 
 
 def test_the_app_connects_with_its_url_as_a_role_that_is_not_a_superuser(postgres):
@@ -61,9 +61,9 @@ def test_a_stopped_server_refuses_connections_and_comes_back_with_its_data(postg
         conn.execute("DROP TABLE harness_kept")
 
 
-@pytest.mark.skipif(find_bindir() is None, reason="no PostgreSQL installed (`make tools`)")
-def test_stop_leaves_no_server_and_no_directory():
-    server = Postgres().start()
+def test_stop_leaves_no_server_and_no_directory(postgres):
+    # A cluster of its own, from the same binaries (the fixture skips or fails when none).
+    server = Postgres(postgres.bindir).start()
     directory, port = server.directory, server.port
     postmaster = server.postmaster_pid()
     assert directory.is_dir() and postmaster and Path(f"/proc/{postmaster}").exists()
