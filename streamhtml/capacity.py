@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import mmap
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .observe import log
 
 MAX_SLOTS = 256  # workers alive at once, old and new ones included during a reload
-MAX_ROUTES = 8  # stream routes counted apart (the in-progress gauge is per route)
+MAX_ROUTES = 16  # stream routes counted apart (the in-progress gauge is per route)
+# A stream of a route nobody declared is counted here, never refused for it.
+OTHER_ROUTE = "other"
 _BYTES_COLUMN = MAX_ROUTES  # after the per-route counts: the bytes this worker's streams hold
 # 1 + the connections the worker holds, while it accepts more; 0 while it does not (a slot
 # cleared by the master reads as a worker that does not accept).
 _CONNECTIONS_COLUMN = MAX_ROUTES + 1
-_COLUMNS = MAX_ROUTES + 2
+# Database connections this worker has taken from its pool, and requests waiting for one.
+_DB_IN_USE_COLUMN = MAX_ROUTES + 2
+_DB_WAITING_COLUMN = MAX_ROUTES + 3
+_COLUMNS = MAX_ROUTES + 4
 # After the slots, one cell: how many slots from the first have ever been given out, so a sum
 # reads those only (two workers: two slots, not 256; /health and every admission sum).
 _SLOTS_USED = MAX_SLOTS * _COLUMNS
@@ -40,7 +45,7 @@ class Cuttable(Protocol):
 # Why a stream was refused; each becomes a 503 with Retry-After.
 FULL = "instance full"
 WORKER_FULL = "worker full"
-CSV_FULL = "csv downloads full"
+CSV_FULL = "csv downloads full"  # /large.csv's cap: "<what> full", as every route cap
 MEMORY_FULL = "memory budget full"
 SHUTTING_DOWN = "shutting down"
 
@@ -51,14 +56,27 @@ SMALL_STREAMS_SHARE = 8
 
 
 @dataclass(frozen=True)
+class RouteCap:
+    """At most `limit` streams at once of `routes` together, on the instance."""
+
+    what: str  # "csv downloads", "exports": the refusal is "<what> full"
+    limit: int
+    routes: tuple[str, ...]
+
+    @property
+    def refusal(self) -> str:
+        return f"{self.what} full"
+
+
+@dataclass(frozen=True)
 class Caps:
     max_streams: int
     max_streams_here: int
-    max_csv_streams: int
     memory_budget_bytes: int | None
     # A stream charged more than this is large: it may not take the small streams' share.
     small_stream_bytes: int | None = None
-    csv_route: str = "/large.csv"
+    # Caps declared with the routes (streamhtml/streaming.py), by route.
+    route_caps: Mapping[str, RouteCap] = field(default_factory=dict)
 
 
 # gunicorn hooks, in the master -----------------------------------------------------------
@@ -91,11 +109,13 @@ class Tracker:
     """The live streams of one worker process, counted in its slot; thread-safe."""
 
     def __init__(self, caps: Caps, routes: Sequence[str], slot: int | None = None):
+        routes = tuple(route for route in routes if route != OTHER_ROUTE) + (OTHER_ROUTE,)
         if len(routes) > MAX_ROUTES:
-            raise ValueError(f"at most {MAX_ROUTES} stream routes are counted")
+            raise ValueError(f"at most {MAX_ROUTES - 1} stream routes are counted")
         self.caps = caps
-        self.routes = tuple(routes)
+        self.routes = routes
         self._column = {route: index for index, route in enumerate(self.routes)}
+        self._other = self._column[OTHER_ROUTE]
         self._slot = slot
         # Without a slot (Flask's test client) the counts live in this process only.
         self._counts = [0] * _COLUMNS if slot is None else None
@@ -119,7 +139,7 @@ class Tracker:
     def in_progress(self, route: str | None = None) -> int:
         """Streams live on the instance: of one route, or of all."""
         if route is not None:
-            return self._instance_sum(self._column[route])
+            return self._instance_sum(self._column.get(route, self._other))
         routes = len(self.routes)
         if self._counts is not None:
             return sum(self._counts[:routes])
@@ -145,8 +165,11 @@ class Tracker:
                 return WORKER_FULL
             if self.in_progress() >= caps.max_streams:
                 return FULL
-            if route == caps.csv_route and self.in_progress(route) >= caps.max_csv_streams:
-                return CSV_FULL
+            route_cap = caps.route_caps.get(route)
+            if route_cap is not None:
+                held = sum(self.in_progress(capped) for capped in route_cap.routes)
+                if held >= route_cap.limit:
+                    return route_cap.refusal
             budget = caps.memory_budget_bytes
             if budget is not None:
                 small = caps.small_stream_bytes
@@ -154,6 +177,8 @@ class Tracker:
                     budget -= budget // SMALL_STREAMS_SHARE
                 if self.held_bytes() + cost_bytes > budget:
                     return MEMORY_FULL
+            if route not in self._column:
+                route = OTHER_ROUTE
             self._live[id(stream)] = (stream, route, cost_bytes)
             self._add(self._column[route], 1)
             self._add(_BYTES_COLUMN, cost_bytes)
@@ -213,6 +238,29 @@ def publish_connections(held: int | None) -> None:
     """This worker holds `held` connections and accepts more; None: it accepts none now."""
     if _worker_slot is not None:
         _page[_worker_slot * _COLUMNS + _CONNECTIONS_COLUMN] = 0 if held is None else held + 1
+
+
+_db_here = [0, 0]  # without a slot (tests, the dataset command): this process's counts
+_db_lock = threading.Lock()  # `+=` on the page is a read and a write: threads would lose counts
+
+
+def count_db(in_use: int = 0, waiting: int = 0) -> None:
+    """This worker took (1) or gave back (-1) a database connection, or waits (1) for one."""
+    with _db_lock:
+        if _worker_slot is None:
+            _db_here[0] += in_use
+            _db_here[1] += waiting
+            return
+        base = _worker_slot * _COLUMNS
+        _page[base + _DB_IN_USE_COLUMN] += in_use
+        _page[base + _DB_WAITING_COLUMN] += waiting
+
+
+def db_connections() -> tuple[int, int]:
+    """Database connections in use and requests waiting for one, on the instance."""
+    if _worker_slot is None:
+        return _db_here[0], _db_here[1]
+    return sum(_every_slot(_DB_IN_USE_COLUMN)), sum(_every_slot(_DB_WAITING_COLUMN))
 
 
 def fewest_connections_elsewhere() -> int | None:

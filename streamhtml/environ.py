@@ -27,6 +27,8 @@ _QUEUE_MS = "streamhtml.queue_ms"
 _ROUTE = "streamhtml.route"
 _REQUEST_ID = "streamhtml.request_id"
 _CUT = "streamhtml.cut"
+_ON_MAIN_LOOP = "streamhtml.on_main_loop"
+_NEEDS_THREAD = "streamhtml.needs_thread"
 
 # X-Request-Start as routers write it: gorouter in milliseconds since the epoch; others in
 # seconds or microseconds, with or without a fraction, sometimes behind "t=".
@@ -72,6 +74,26 @@ def mark_brief(environ: Environ) -> None:
 
 def brief(environ: Environ) -> bool:
     return environ.get(_BRIEF, False)
+
+
+def mark_on_main_loop(environ: Environ) -> None:
+    """Worker: this request is being answered on the worker's main loop, where nothing may
+    wait."""
+    environ[_ON_MAIN_LOOP] = True
+
+
+def on_main_loop(environ: Environ) -> bool:
+    return environ.get(_ON_MAIN_LOOP, False)
+
+
+def mark_needs_thread(environ: Environ) -> None:
+    """Route: this request waits on I/O; serve it again, whole, on a pool thread (its answer
+    from the main loop is discarded unsent)."""
+    environ[_NEEDS_THREAD] = True
+
+
+def needs_thread(environ: Environ) -> bool:
+    return environ.get(_NEEDS_THREAD, False)
 
 
 def attach_stream(environ: Environ, stream: LiveStream) -> None:

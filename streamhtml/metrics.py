@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.values import MultiProcessValue, MutexValue
 
-from .capacity import Tracker
+from .capacity import Tracker, db_connections
 from .observe import CLIENT_GONE, SHUTDOWN, RequestRecord, process_id
 
 # The classic text format: every scraper reads it, Cloud Foundry's Metric Registrar included.
@@ -87,6 +87,12 @@ def _make_metrics() -> dict:
             "streamhtml_connections_dropped",
             "Connections closed before a request was served",
             ["reason"],
+        ),
+        "rows": Counter("streamhtml_export_rows", "Rows sent by exports", ["endpoint"]),
+        "export_errors": Counter(
+            "streamhtml_export_errors",
+            "Exports that failed, before their first byte (a 503) or during them",
+            ["cause"],
         ),
     }
 
@@ -163,6 +169,15 @@ def connection_dropped(reason: str) -> None:
     _child("dropped", reason).inc()
 
 
+def rows_exported(endpoint: str, rows: int) -> None:
+    _child("rows", endpoint).inc(rows)
+
+
+def export_failed(cause: str) -> None:
+    """`cause` is one of a few kinds (unavailable, busy, timeout, failed, filling)."""
+    _child("export_errors", cause).inc()
+
+
 class _InProgress:
     """streamhtml_streams_in_progress, read from the tracker when scraped."""
 
@@ -176,6 +191,17 @@ class _InProgress:
         for route in self.tracker.routes:
             gauge.add_metric([route], self.tracker.in_progress(route))
         yield gauge
+        in_use, waiting = db_connections()
+        yield GaugeMetricFamily(
+            "streamhtml_db_connections_in_use",
+            "Database connections taken from the workers' pools now",
+            value=in_use,
+        )
+        yield GaugeMetricFamily(
+            "streamhtml_db_connections_waiting",
+            "Exports waiting for a database connection now",
+            value=waiting,
+        )
 
 
 def exposition(tracker: Tracker) -> tuple[bytes, str]:

@@ -193,6 +193,9 @@ def build_record(
 ) -> RequestRecord:
     peer = environ.get("REMOTE_ADDR")
     error = noted_error()
+    stream = env.stream_of(environ)
+    # Why a stream's source failed mid-stream (a database error), on the request's own line.
+    failure = stream.failure if stream is not None else None
     # gunicorn writes its own error answers whole, past the response object's count.
     bytes_sent = resp.sent if error is None else resp.response_length or 0
     return RequestRecord(
@@ -209,7 +212,7 @@ def build_record(
         outcome=_outcome(resp, environ) if error is None else COMPLETE,
         streamed=env.stream_of(environ) is not None,
         queue_ms=env.queue_ms(environ),
-        error=clipped(error),
+        error=clipped(error or failure),
         peer_addr=peer,
         forwarded_for=clipped(environ.get("HTTP_X_FORWARDED_FOR")),
         forwarded_trusted=trust.trusts(peer),

@@ -50,6 +50,17 @@ class StreamRequest:
 
 
 @dataclass(frozen=True)
+class ExportRequest:
+    after_id: int  # resume after this id (keyset); 0 from the start
+    limit: int | None  # at most this many rows; None for every row
+
+
+# Ids are bigints in the table, but a query value has at most 12 digits (streamhtml/numbers.py).
+MAX_AFTER_ID = 10**12 - 1
+MAX_EXPORT_LIMIT = 10**12 - 1
+
+
+@dataclass(frozen=True)
 class CsvRequest:
     rows: int
     seed: int
@@ -119,6 +130,13 @@ def parse_csv_request(args: MultiDict, limits: Limits) -> CsvRequest:
         rows=int_param(args, "rows", DEFAULT_CSV_ROWS, 0, limits.max_csv_rows),
         seed=int_param(args, "seed", DEFAULT_SEED, 0, MAX_SEED),
     )
+
+
+def parse_export_request(args: MultiDict) -> ExportRequest:
+    limit = None
+    if _single(args, "limit") is not None:
+        limit = int_param(args, "limit", 0, 1, MAX_EXPORT_LIMIT)
+    return ExportRequest(after_id=int_param(args, "after_id", 0, 0, MAX_AFTER_ID), limit=limit)
 
 
 def parse_ndjson_request(args: MultiDict, limits: Limits) -> StreamRequest:

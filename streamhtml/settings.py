@@ -11,9 +11,11 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .numbers import parse_bounded
 
@@ -185,6 +187,55 @@ class Limits:
         1 * MiB,
         "largest request head (request line and headers), bytes; a longer one gets 431",
     )
+    max_export_streams: int = number(
+        "STREAMHTML_MAX_EXPORT_STREAMS",
+        8,
+        1,
+        100_000,
+        "concurrent /export.csv and /export.ndjson downloads per instance; more get 503",
+        3,
+    )
+    export_batch_rows: int = number(
+        "STREAMHTML_EXPORT_BATCH_ROWS",
+        5000,
+        1,
+        1_000_000,
+        "rows an export reads in one query (keyset pages of at most this many rows, and of "
+        "about 512 KiB); between pages it holds no database connection",
+        200,
+    )
+    dataset_rows: int = number(
+        "STREAMHTML_DATASET_ROWS",
+        100_000,
+        0,
+        100_000_000,
+        "rows of the embedded SQLite dataset, made at start when no database is bound",
+        2000,
+    )
+    db_pool_size: int = number(
+        "STREAMHTML_DB_POOL_SIZE",
+        4,
+        1,
+        1000,
+        "PostgreSQL connections per worker at most; instances x workers x this must fit "
+        "the service plan's connection limit",
+    )
+    db_pool_timeout_s: int = number(
+        "STREAMHTML_DB_POOL_TIMEOUT_S",
+        5,
+        1,
+        600,
+        "how long an export waits for a database connection before its 503",
+        1,
+    )
+    db_statement_timeout_ms: int = number(
+        "STREAMHTML_DB_STATEMENT_TIMEOUT_MS",
+        30_000,
+        0,
+        3_600_000,
+        "PostgreSQL statement_timeout of each export query, ms (0: none); a page over it "
+        "ends the export unfinished",
+    )
 
 
 @dataclass(frozen=True)
@@ -262,6 +313,10 @@ class Settings:
     limits: Limits = Limits()
     server: Server = Server()
     instance: Instance = Instance()
+    # Where exports read rows; the default is an embedded SQLite file of the default size.
+    source: Source = field(
+        default_factory=lambda: resolve_source({}, Limits()), compare=False, repr=False
+    )
 
     @property
     def max_streams_per_worker(self) -> int:
@@ -336,6 +391,130 @@ def _instance(environ: Mapping[str, str]) -> Instance:
     )
 
 
+# --- where exported rows come from --------------------------------------------------------
+
+POSTGRES_SCHEMES = ("postgres", "postgresql")
+# The embedded dataset's file name says its rows and layout, so a changed size or layout is
+# a new file, never a stale one.
+DATASET_LAYOUT = 1
+# Credentials fields some brokers give as PEM text rather than files; libpq wants files.
+PEM_FIELDS = ("sslrootcert", "sslcert", "sslkey")
+
+
+@dataclass(frozen=True)
+class Source:
+    """The database exports read: PostgreSQL from a URL, or the embedded SQLite file.
+
+    `url` holds credentials: it is never printed (repr) and never leaves through /info;
+    `describe()` is what may be shown.
+    """
+
+    kind: str  # "postgresql" or "sqlite"
+    origin: str  # "DATABASE_URL", "VCAP_SERVICES binding NAME", or "embedded"
+    url: str = field(default="", repr=False)
+    path: str = ""  # the SQLite file
+    host: str = ""
+    port: int | None = None
+    database: str = ""
+    pem: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    embedded: bool = False
+
+    def describe(self) -> dict:
+        if self.kind == "sqlite":
+            return {"kind": "sqlite", "origin": self.origin, "path": self.path}
+        return {
+            "kind": "postgresql",
+            "origin": self.origin,
+            "host": self.host,
+            "port": self.port,
+            "database": self.database,
+        }
+
+    def secrets(self) -> tuple[str, ...]:
+        """The strings no log line or error body may hold: the user and the password."""
+        if self.kind != "postgresql":
+            return ()
+        parts = urlsplit(self.url)
+        found = [unquote(part) for part in (parts.username, parts.password) if part]
+        return tuple(text for text in found if len(text) >= 3)
+
+
+def _postgres_source(url: str, origin: str, pem: tuple = ()) -> Source:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        # Never the value itself in the message: it holds the password.
+        raise SettingsError(f"{origin} is not a valid postgres:// URL") from None
+    return Source(
+        kind="postgresql",
+        origin=origin,
+        url=url,
+        host=parts.hostname or "",
+        port=port,
+        database=unquote(parts.path.lstrip("/")),
+        pem=pem,
+    )
+
+
+def embedded_dataset_path(rows: int, directory: str | None = None) -> str:
+    name = f"streamhtml-dataset-v{DATASET_LAYOUT}-{rows}-rows.sqlite"
+    return os.path.join(directory or tempfile.gettempdir(), name)
+
+
+def _bound_postgres(environ: Mapping[str, str]) -> Source | None:
+    """The first VCAP_SERVICES binding whose credentials hold a postgres:// uri (or url),
+    whatever its label: labels and tags differ from broker to broker, the scheme does not."""
+    raw = environ.get("VCAP_SERVICES", "")
+    if not raw.strip():
+        return None
+    try:
+        services = json.loads(raw)
+    except ValueError:
+        raise SettingsError("VCAP_SERVICES is not valid JSON") from None
+    if not isinstance(services, dict):
+        raise SettingsError("VCAP_SERVICES is not a JSON object")
+    for bindings in services.values():
+        for binding in bindings if isinstance(bindings, list) else ():
+            credentials = binding.get("credentials") if isinstance(binding, dict) else None
+            if not isinstance(credentials, dict):
+                continue
+            for key in ("uri", "url"):
+                url = credentials.get(key)
+                if isinstance(url, str) and url.split(":", 1)[0].lower() in POSTGRES_SCHEMES:
+                    name = binding.get("name") or binding.get("label") or "?"
+                    pem = tuple(
+                        (key, credentials[key])
+                        for key in PEM_FIELDS
+                        if isinstance(credentials.get(key), str)
+                        and "-----BEGIN" in credentials[key]
+                    )
+                    return _postgres_source(url, f"VCAP_SERVICES binding {name}", pem)
+    return None
+
+
+def resolve_source(environ: Mapping[str, str], limits: Limits) -> Source:
+    """DATABASE_URL if set; else the first PostgreSQL binding; else the embedded SQLite."""
+    url = environ.get("DATABASE_URL", "").strip()
+    if url:
+        scheme = url.split(":", 1)[0].lower()
+        if scheme in POSTGRES_SCHEMES:
+            return _postgres_source(url, "DATABASE_URL")
+        if scheme == "sqlite" and url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+            path = unquote(url[len("sqlite:///") - 1 :])
+            return Source(kind="sqlite", origin="DATABASE_URL", path=path)
+        raise SettingsError("DATABASE_URL must start with postgres://, postgresql:// or sqlite:///")
+    bound = _bound_postgres(environ)
+    if bound is not None:
+        return bound
+    return Source(
+        kind="sqlite",
+        origin="embedded",
+        path=embedded_dataset_path(limits.dataset_rows),
+        embedded=True,
+    )
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     server = _read_group(Server, environ)
@@ -345,7 +524,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"GUNICORN_WORKER_CONNECTIONS ({server.worker_connections}) must be at least "
             f"GUNICORN_THREADS ({server.threads})"
         )
-    return Settings(limits=_read_group(Limits, environ), server=server, instance=_instance(environ))
+    limits = _read_group(Limits, environ)
+    return Settings(
+        limits=limits,
+        server=server,
+        instance=_instance(environ),
+        source=resolve_source(environ, limits),
+    )
 
 
 # --- the table in docs/operations.md ---------------------------------------------------------

@@ -8,10 +8,10 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .generators import Pace, paced
-from .observe import CLIENT_GONE, COMPLETE, DEADLINE, ERROR
+from .observe import CLIENT_GONE, COMPLETE, DEADLINE, ERROR, log
 
 # POLLRDHUP reports a peer's FIN even when the kernel has no data to read (Linux only).
 _HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
@@ -75,6 +75,75 @@ class ClientWatcher:
             return True
 
 
+class StreamFailed(Exception):  # noqa: N818 - how a stream ended, named by its cause
+    """A stream's source failed (a database, a file): before the first byte the route answers
+    with an error; after it, the response ends unfinished and the log names `cause`."""
+
+    @property
+    def cause(self) -> str:
+        return str(self)
+
+
+class HangupWatch:
+    """Notices, from one thread per process, a client that hangs up while its stream waits on
+    I/O (a database query), and calls back, so the query is cancelled within a moment rather
+    than at the next send. Edge-triggered epoll on the hang-up flags only: bytes the client
+    sends do not wake it, and a socket is watched only while a wait lasts."""
+
+    _FLAGS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR | select.EPOLLONESHOT
+
+    def __init__(self):
+        self._epoll: select.epoll | None = None
+        self._callbacks: dict[int, Callable[[], object]] = {}
+        self._lock = threading.Lock()
+
+    def _started(self) -> select.epoll:
+        with self._lock:
+            if self._epoll is None:
+                self._epoll = select.epoll()
+                threading.Thread(target=self._run, name="hangup-watch", daemon=True).start()
+            return self._epoll
+
+    @contextlib.contextmanager
+    def watching(self, sock: socket.socket | None, on_hangup: Callable[[], object]):
+        if sock is None or sock.fileno() < 0:
+            yield
+            return
+        epoll = self._started()
+        fd = sock.fileno()
+        with self._lock:
+            self._callbacks[fd] = on_hangup
+        try:
+            epoll.register(fd, self._FLAGS)
+        except OSError:
+            with self._lock:
+                self._callbacks.pop(fd, None)
+            yield
+            return
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._callbacks.pop(fd, None)
+            with contextlib.suppress(OSError, ValueError):
+                epoll.unregister(fd)
+
+    def _run(self) -> None:
+        assert self._epoll is not None
+        while True:
+            for fd, _events in self._epoll.poll():
+                with self._lock:
+                    callback = self._callbacks.pop(fd, None)
+                if callback is not None:
+                    try:
+                        callback()
+                    except Exception:  # noqa: BLE001 - a failed cancel must not stop the watch
+                        log.exception("hang-up callback failed")
+
+
+_hangups = HangupWatch()
+
+
 class Turns:
     """How many of a worker's unpaced streams may make bytes at the same moment.
 
@@ -112,6 +181,7 @@ class LiveStream:
         "_has_turn",
         "deadline",
         "outcome",
+        "failure",
     )
 
     def __init__(
@@ -142,6 +212,29 @@ class LiveStream:
         self._cut: str | None = None
         self._release = None
         self.outcome: str | None = None
+        self.failure: str | None = None  # why the source failed, when it did
+
+    def prime(self, chunks: Iterator) -> None:
+        """Take `chunks` as the items, and make the first now, on the route's thread: a stream
+        that waits on I/O learns here, before any byte is sent, that its source is unavailable
+        (a StreamFailed the route answers with an error), rather than after its 200."""
+        rest = iter(chunks)
+        try:
+            first = next(rest)
+        except StopIteration:
+            self._chunks = iter(())
+            return
+        self._chunks = _resumed(first, rest)
+
+    def waiting(self, cancel: Callable[[], object]):
+        """A context for a wait on I/O: should the client hang up meanwhile, the stream is cut
+        and `cancel()` called (a query's cancel), at once, from the hang-up watch's thread."""
+
+        def hung_up() -> None:
+            self.cut(CLIENT_GONE)
+            cancel()
+
+        return _hangups.watching(self._sock, hung_up)
 
     def __iter__(self) -> Iterator:
         try:
@@ -149,6 +242,10 @@ class LiveStream:
                 yield from self._chunks  # no turn to take: straight through, at C speed
             else:
                 yield from self._made_in_turns(self._turns)
+        except StreamFailed as failed:
+            self.outcome = ERROR
+            self.failure = failed.cause
+            raise
         except Exception:
             self.outcome = ERROR
             raise
@@ -204,3 +301,14 @@ class LiveStream:
         finally:
             if release is not None:
                 release()
+
+
+def _resumed(first, rest: Iterator) -> Iterator:
+    """`first`, then the rest of `rest`, which is closed with this generator."""
+    try:
+        yield first
+        yield from rest
+    finally:
+        close = getattr(rest, "close", None)
+        if close is not None:
+            close()

@@ -55,7 +55,7 @@ from . import environ as env
 from .observe import COMPLETE, RequestRecord, log
 from .response import StreamingResponse, WouldBlock, reset_on_close
 from .settings import load_settings
-from .stream import PEEK_NOW
+from .stream import PEEK_NOW, StreamFailed
 
 RECV_BYTES = 64 * 1024
 # As gunicorn's util.close_graceful: how long and how much a closing connection is drained.
@@ -404,7 +404,16 @@ class StreamingWorker(ThreadWorker):
             crowded = len(self.keepalived_conns) >= self.max_keepalived
             if not self.alive or not self.cfg.keepalive or crowded:
                 resp.force_close()
+            if inline:
+                env.mark_on_main_loop(environ)
             respiter = self.wsgi(environ, resp.start_response)
+            if inline and env.needs_thread(environ):
+                # A route that waits on I/O (streamhtml/streaming.py) answered nothing here:
+                # the whole request is served again on a pool thread.
+                if hasattr(respiter, "close"):
+                    respiter.close()
+                self.nr -= 1
+                raise HandOff(partial(self.handle_request, req, conn))
             body = iter(respiter)
             rest = partial(self.send_body, req, conn, resp, environ, respiter, body, request_start)
             if not inline:
@@ -452,7 +461,10 @@ class StreamingWorker(ThreadWorker):
         """As gthread: a response already started cannot take a 500; the connection closes
         (here, on the main loop, through the poller's lingering close)."""
         if resp is not None and resp.headers_sent:
-            self.log.exception("Error handling request")
+            if not isinstance(sys.exc_info()[1], StreamFailed):
+                # A source that failed mid-stream is on the request's own line (its cause,
+                # outcome=error); anything else is a bug, with its traceback.
+                self.log.exception("Error handling request")
             if not inline:
                 util.close_graceful(conn.sock)
             raise StopIteration() from None

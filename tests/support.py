@@ -1,13 +1,16 @@
 """Test harness: a real gunicorn started as the Procfile starts it, and a raw HTTP/1.1 reader."""
 
+import atexit
 import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # The interpreter running the tests lives in the venv that has gunicorn.
 VENV_BIN = Path(sys.executable).parent
+
+
+# Every server of a test run shares one temporary directory, removed at the end: the embedded
+# dataset (streamhtml/rows.py) is made once for the run, not once per server, and none is
+# left in the machine's /tmp.
+SESSION_TMPDIR = tempfile.mkdtemp(prefix="streamhtml-tests-")
+atexit.register(shutil.rmtree, SESSION_TMPDIR, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -46,6 +56,7 @@ class Server:
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "PORT": str(self.port),
             "WEB_CONCURRENCY": "2",
+            "TMPDIR": SESSION_TMPDIR,
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None

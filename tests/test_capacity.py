@@ -9,9 +9,13 @@ from streamhtml import capacity
 ROUTES = ("/streamhtml", "/large.csv")
 
 
-def caps(**overrides):
+def caps(max_csv_streams=100, **overrides):
+    csv_cap = capacity.RouteCap("csv downloads", max_csv_streams, ("/large.csv",))
     limits = dict(
-        max_streams=3, max_streams_here=100, max_csv_streams=100, memory_budget_bytes=None
+        max_streams=3,
+        max_streams_here=100,
+        memory_budget_bytes=None,
+        route_caps={"/large.csv": csv_cap},
     )
     return capacity.Caps(**{**limits, **overrides})
 
@@ -57,6 +61,23 @@ def test_csv_downloads_have_a_cap_of_their_own():
     assert tracker.admit(stream(), "/large.csv", 0) is None
     assert tracker.admit(stream(), "/large.csv", 0) == capacity.CSV_FULL
     assert tracker.admit(stream(), "/streamhtml", 0) is None
+
+
+def test_routes_that_name_one_cap_share_it():
+    shared = capacity.RouteCap("exports", 2, ("/export.csv", "/export.ndjson"))
+    routes = {"/export.csv": shared, "/export.ndjson": shared}
+    tracker = capacity.Tracker(caps(max_streams=100, route_caps=routes), [*ROUTES, *routes])
+    assert tracker.admit(stream(), "/export.csv", 0) is None
+    assert tracker.admit(stream(), "/export.ndjson", 0) is None
+    assert tracker.admit(stream(), "/export.csv", 0) == "exports full"
+    assert tracker.admit(stream(), "/streamhtml", 0) is None
+
+
+def test_a_stream_of_a_route_nobody_declared_is_counted_as_other_not_refused():
+    tracker = capacity.Tracker(caps(max_streams=100), ROUTES)
+    assert tracker.admit(stream(), "/my-own-export", 0) is None
+    assert tracker.in_progress("/my-own-export") == tracker.in_progress("other") == 1
+    assert tracker.in_progress() == 1
 
 
 def test_streams_are_admitted_against_the_memory_budget_and_give_it_back():

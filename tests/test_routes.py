@@ -143,7 +143,7 @@ def test_a_host_werkzeug_refuses_is_refused_every_time_and_not_remembered(app):
 
 
 def test_a_client_inventing_hosts_cannot_grow_the_remembered_bindings(app, client):
-    from streamhtml.web import MAX_REMEMBERED_BINDINGS
+    from streamhtml.speedups import MAX_REMEMBERED_BINDINGS
 
     for number in range(MAX_REMEMBERED_BINDINGS + 36):
         reply = client.get("/health", headers={"Host": f"h{number}.example"})
@@ -210,7 +210,7 @@ def test_a_remembered_match_gives_each_request_its_own_arguments(app):
 def test_a_rule_added_later_is_matched_not_what_was_remembered_before_it():
     from werkzeug.routing import Map, Rule
 
-    from streamhtml.web import RememberingMap
+    from streamhtml.speedups import RememberingMap
 
     ours = RememberingMap([Rule("/a/", endpoint="with a slash", strict_slashes=False)])
     assert ours.bind("localhost").match("/a") == ("with a slash", {})
@@ -231,7 +231,7 @@ def test_a_client_asking_for_thousands_of_paths_cannot_grow_the_remembered_match
 def test_each_stream_gets_its_own_copy_of_the_checked_stream_headers(client):
     from werkzeug.datastructures import Headers
 
-    from streamhtml.web import STREAM_HEADERS, stream_headers
+    from streamhtml.streaming import STREAM_HEADERS, stream_headers
 
     first = stream_headers("text/csv")
     first["Content-Disposition"] = "attachment"

@@ -1,0 +1,452 @@
+"""Rows of the table `dataset`, read page by page from SQLite or PostgreSQL, as CSV or NDJSON.
+
+An export is a series of keyset pages (`WHERE id > last ORDER BY id LIMIT n`), never OFFSET,
+as Datasette streams its CSV: each page is one short query, under the statement timeout, read
+whole (about PAGE_BYTES) and sent before the next is asked for. So a slow reader slows the
+reading, memory holds one page, and a client that never reads holds no database connection:
+a connection is taken from the pool for one page and given back at once. PostgreSQL writes
+the page itself (`COPY (...) TO STDOUT`, CSV or one JSON object per line), the fastest path;
+SQLite's rows are written here.
+
+No Flask here: the routes (streamhtml/exports.py) hand `export()` to the stream helper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import capacity
+from .dataset import COLUMNS, TABLE
+from .settings import Limits, Source
+from .stream import StreamFailed
+
+CSV = "csv"
+NDJSON = "ndjson"
+FORMATS = (CSV, NDJSON)
+CHUNK_BYTES = 64 * 1024
+# A page is read whole before it is sent: its rows are chosen to come to about this much.
+PAGE_BYTES = 512 * 1024
+# What an export holds at most besides its socket: a page, and the chunk being sent.
+EXPORT_HELD_BYTES = 2 * PAGE_BYTES
+# How long a client is told to wait while the embedded dataset is being made.
+FILLING_RETRY_AFTER_S = 2
+# Failed connection attempts are logged at most this often, whatever the request rate.
+CONNECT_ERROR_LOG_EVERY_S = 10.0
+
+log = logging.getLogger("streamhtml")
+
+Waiting = Callable[[Callable[[], Any]], contextlib.AbstractContextManager]
+
+
+def not_waiting(cancel: Callable[[], Any]) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+class SourceError(StreamFailed):
+    """The database could not give a page. Before the first byte it is a 503 naming `cause`;
+    after it, the export ends unfinished (no final chunk) and is logged with `cause`."""
+
+    def __init__(self, cause: str, kind: str, retry_after_s: int = 1):
+        super().__init__(cause)
+        self.kind = kind  # a short label for metrics: unavailable, busy, timeout, failed, filling
+        self.retry_after_s = retry_after_s
+
+
+def redact(text: str, source: Source) -> str:
+    """`text` with the source's user and password taken out."""
+    for secret in source.secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
+@dataclass
+class Page:
+    chunks: list[bytes | memoryview]
+    rows: int
+    last_id: int | None
+
+
+def _chunked(parts: list, total: int) -> list[bytes | memoryview]:
+    """The page's bytes as chunks of about CHUNK_BYTES (a chunk is one send, one HTTP chunk)."""
+    whole = b"".join(parts)
+    if total <= CHUNK_BYTES:
+        return [whole] if whole else []
+    view = memoryview(whole)
+    return [view[start : start + CHUNK_BYTES] for start in range(0, total, CHUNK_BYTES)]
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+
+
+def _json_row(row: tuple) -> str:
+    record = dict(zip(COLUMNS, row, strict=True))
+    # As PostgreSQL's row_to_json writes a timestamptz in UTC: 2026-01-01T00:00:37+00:00.
+    record["created_at"] = record["created_at"].replace(" ", "T", 1) + ":00"
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+class SqliteSource:
+    """The rows in a SQLite file: the embedded dataset, or a file DATABASE_URL names."""
+
+    def __init__(self, source: Source, limits: Limits):
+        self.source = source
+        self.rows_to_make = limits.dataset_rows
+        self._ready = False
+        self._filler: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """At app start: make the embedded dataset if it is not there, in a child process, so
+        neither /health nor any request waits for it."""
+        if self.source.embedded and not os.path.exists(self.source.path):
+            self._start_filling()
+
+    def _start_filling(self) -> None:
+        # Every worker may ask; the child that gets the lock makes the file, the others exit.
+        command = [
+            sys.executable,
+            "-m",
+            "streamhtml.dataset",
+            "--rows",
+            str(self.rows_to_make),
+            "--sqlite",
+            self.source.path,
+            "--quiet-if-busy",
+        ]
+        try:
+            filler = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as error:
+            log.error("could not start making the embedded dataset: %s", error)
+            return
+        self._filler = filler
+        threading.Thread(
+            target=self._await_filler, args=(filler,), name="dataset-filler", daemon=True
+        ).start()
+
+    def _await_filler(self, filler: subprocess.Popen) -> None:
+        # The child's words reach the log through ours, one JSON line, not as raw text.
+        _, said = filler.communicate()
+        if filler.returncode:
+            text = " ".join(said.decode(errors="replace").split())[-500:]
+            log.error("making the embedded dataset failed (%s): %s", filler.returncode, text)
+
+    def check_ready(self) -> None:
+        if self._ready:
+            return
+        if os.path.exists(self.source.path):
+            self._ready = True
+            return
+        if self.source.embedded:
+            raise SourceError(
+                f"the embedded dataset ({self.rows_to_make} rows) is still being made; "
+                f"retry in {FILLING_RETRY_AFTER_S} s",
+                "filling",
+                FILLING_RETRY_AFTER_S,
+            )
+        raise SourceError(f"no SQLite file at {self.source.path}", "unavailable")
+
+    def page(self, fmt: str, after_id: int, rows: int, header: bool, waiting: Waiting) -> Page:
+        self.check_ready()
+        names = ", ".join(COLUMNS)
+        query = f"SELECT {names} FROM {TABLE} WHERE id > ? ORDER BY id LIMIT ?"
+        try:
+            db = sqlite3.connect(f"file:{self.source.path}?mode=ro", uri=True, timeout=5.0)
+            try:
+                with waiting(db.interrupt):
+                    records = db.execute(query, (after_id, rows)).fetchall()
+            finally:
+                db.close()
+        except sqlite3.Error as error:
+            raise SourceError(f"SQLite: {error}", "failed") from None
+        if fmt == CSV:
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")
+            if header:
+                writer.writerow(COLUMNS)
+            writer.writerows(records)
+            body = text.getvalue()
+        else:
+            body = "".join(_json_row(record) + "\n" for record in records)
+        data = body.encode()
+        return Page(_chunked([data], len(data)), len(records), records[-1][0] if records else None)
+
+    def close(self) -> None:
+        pass
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _pem_files(source: Source) -> dict[str, str]:
+    """Write PEM material from the binding's credentials to private files libpq can read."""
+    if not source.pem:
+        return {}
+    directory = tempfile.mkdtemp(prefix="streamhtml-pg-tls-")
+    paths = {}
+    for key, text in source.pem:
+        path = os.path.join(directory, key + ".pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as pem:
+            pem.write(text)
+        paths[key] = path
+    return paths
+
+
+# Exports only read, in UTC, with ISO dates: one round trip when a connection is made.
+SESSION_SETTINGS = (
+    "SELECT set_config('statement_timeout', %s, false), "
+    "set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO', false), "
+    "set_config('default_transaction_read_only', 'on', false)"
+)
+
+
+def connect_once(source: Source):
+    """One psycopg connection to the source, outside any pool (the dataset command)."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    return psycopg.connect(make_conninfo(source.url, **_pem_files(source)), autocommit=True)
+
+
+class PostgresSource:
+    """The rows in PostgreSQL, through a pool of at most STREAMHTML_DB_POOL_SIZE connections
+    per worker, made in the worker on first use (never in the master, never shared by a fork).
+    """
+
+    def __init__(self, source: Source, limits: Limits):
+        self.source = source
+        self.pool_size = limits.db_pool_size
+        self.pool_timeout_s = float(limits.db_pool_timeout_s)
+        self.statement_timeout_ms = limits.db_statement_timeout_ms
+        self._pool: Any = None
+        self._pool_pid = 0
+        self._lock = threading.Lock()
+        self.last_connect_error: str | None = None
+        self._logged_at = 0.0
+
+    def start(self) -> None:
+        # psycopg's own logger would print connection errors as libpq words them, user
+        # name included; they are logged here instead, redacted and at most every 10 s.
+        logging.getLogger("psycopg").setLevel(logging.CRITICAL)
+
+    def check_ready(self) -> None:
+        pass
+
+    def _made_pool(self):
+        pool = self._pool
+        if pool is not None and self._pool_pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = self._new_pool()
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    def _new_pool(self):
+        import psycopg
+        from psycopg_pool import ConnectionPool
+
+        owner = self
+        timeout_ms = str(self.statement_timeout_ms)
+
+        class Connection(psycopg.Connection):
+            # Each connection attempt's failure is kept (redacted), so a 503 can say why.
+            @classmethod
+            def connect(cls, *args, **kwargs):
+                try:
+                    made = super().connect(*args, **kwargs)
+                except psycopg.Error as error:
+                    owner._connect_failed(error)
+                    raise
+                owner.last_connect_error = None
+                return made
+
+        def configure(connection) -> None:
+            connection.execute(SESSION_SETTINGS, (timeout_ms,))
+
+        pool = ConnectionPool(
+            self.source.url,
+            connection_class=Connection,
+            kwargs={
+                "autocommit": True,
+                "application_name": "streamhtml",
+                "connect_timeout": max(1, int(self.pool_timeout_s)),
+                **_pem_files(self.source),
+            },
+            min_size=1,
+            max_size=self.pool_size,
+            timeout=self.pool_timeout_s,
+            configure=configure,
+            check=ConnectionPool.check_connection,
+            name="streamhtml",
+            open=False,
+        )
+        pool.open(wait=False)
+        return pool
+
+    def _connect_failed(self, error: Exception) -> None:
+        cause = redact(" ".join(str(error).split()), self.source)
+        self.last_connect_error = cause
+        now = time.monotonic()
+        if now - self._logged_at >= CONNECT_ERROR_LOG_EVERY_S:
+            self._logged_at = now
+            log.warning("database connection failed: %s", cause)
+
+    @contextlib.contextmanager
+    def _connection(self):
+        from psycopg_pool import PoolTimeout
+
+        pool = self._made_pool()
+        capacity.count_db(waiting=1)
+        try:
+            connection = pool.getconn()
+        except PoolTimeout:
+            cause = self.last_connect_error
+            if cause:
+                raise SourceError(f"the database is unavailable: {cause}", "unavailable") from None
+            raise SourceError(
+                f"all {self.pool_size} database connections of this worker are busy "
+                f"(STREAMHTML_DB_POOL_SIZE); waited {self.pool_timeout_s:g} s",
+                "busy",
+            ) from None
+        finally:
+            capacity.count_db(waiting=-1)
+        capacity.count_db(in_use=1)
+        try:
+            yield connection
+        finally:
+            capacity.count_db(in_use=-1)
+            pool.putconn(connection)
+
+    def _copy_query(self, fmt: str, after_id: int, rows: int, header: bool):
+        from psycopg import sql
+
+        names = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+        select = sql.SQL("SELECT {} FROM {} WHERE id > {} ORDER BY id LIMIT {}").format(
+            names, sql.Identifier(TABLE), sql.Literal(after_id), sql.Literal(rows)
+        )
+        if fmt == CSV:
+            options = "FORMAT csv, HEADER" if header else "FORMAT csv"
+            return sql.SQL("COPY ({}) TO STDOUT WITH ({})").format(select, sql.SQL(options))
+        # One JSON object a line, as PostgreSQL writes it: CSV with a quote and a delimiter
+        # that JSON text never holds raw (it escapes every control character), so each line
+        # leaves exactly as row_to_json made it.
+        return sql.SQL(
+            "COPY (SELECT row_to_json(page) FROM ({}) page) TO STDOUT "
+            "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+        ).format(select)
+
+    def page(self, fmt: str, after_id: int, rows: int, header: bool, waiting: Waiting) -> Page:
+        import psycopg
+
+        query = self._copy_query(fmt, after_id, rows, header)
+        parts: list = []
+        total = 0
+        try:
+            with (
+                self._connection() as connection,
+                connection.cursor() as cursor,
+                waiting(connection.cancel_safe),
+                cursor.copy(query) as copy,
+            ):
+                for line in copy:
+                    parts.append(line)
+                    total += len(line)
+        except psycopg.errors.QueryCanceled as error:
+            cause = redact(" ".join(str(error).split()), self.source)
+            raise SourceError(f"PostgreSQL: query cancelled: {cause}", "timeout") from None
+        except psycopg.Error as error:
+            cause = redact(" ".join(str(error).split()) or type(error).__name__, self.source)
+            raise SourceError(f"PostgreSQL: {cause}", "failed") from None
+        count = len(parts) - (1 if header and parts else 0)
+        last_id = _first_field_id(bytes(parts[-1]), fmt) if count else None
+        return Page(_chunked(parts, total), count, last_id)
+
+    def close(self) -> None:
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.close()
+        self._pool = None
+
+
+def _first_field_id(line: bytes, fmt: str) -> int:
+    if fmt == CSV:
+        return int(line[: line.index(b",")])  # the id leads, never quoted: digits only
+    return int(json.loads(line)["id"])
+
+
+RowSource = SqliteSource | PostgresSource
+
+
+def open_source(source: Source, limits: Limits) -> RowSource:
+    if source.kind == "postgresql":
+        return PostgresSource(source, limits)
+    return SqliteSource(source, limits)
+
+
+def export(
+    rows_source: RowSource,
+    fmt: str,
+    after_id: int,
+    limit: int | None,
+    page_rows: int,
+    waiting: Waiting = not_waiting,
+    counted: Callable[[int], None] | None = None,
+    failed: Callable[[str], None] | None = None,
+) -> Iterator[bytes | memoryview]:
+    """The rows after `after_id`, at most `limit`, as chunks of CSV (a header first) or NDJSON.
+
+    Each page is read whole, then sent; the next is read once the last chunk of this one
+    was taken. `waiting(cancel)` covers each read: a hang-up meanwhile calls cancel().
+    """
+    sent = 0
+    rows_next = page_rows
+    header = fmt == CSV
+    while limit is None or sent < limit:
+        asked = rows_next if limit is None else min(rows_next, limit - sent)
+        try:
+            page = rows_source.page(fmt, after_id, asked, header, waiting)
+        except SourceError as error:
+            if failed is not None:
+                failed(error.kind)
+            raise
+        header = False
+        yield from page.chunks
+        sent += page.rows
+        if counted is not None:
+            counted(page.rows)
+        if page.rows < asked or page.last_id is None:
+            return
+        after_id = page.last_id
+        # Wide rows make smaller pages: a page stays near PAGE_BYTES, whatever the table.
+        page_bytes = sum(map(len, page.chunks)) or 1
+        rows_next = max(1, min(page_rows, page.rows * PAGE_BYTES // page_bytes))
+
+
+def take_fill_lock(path: str):
+    """The lock one maker of the embedded dataset holds; None when another holds it."""
+    lock = open(path + ".lock", "a")  # noqa: SIM115 - held until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
