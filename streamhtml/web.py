@@ -8,6 +8,7 @@ Werkzeug speed-ups in streamhtml/speedups.py.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request
@@ -203,7 +204,9 @@ def server_error(exc: Exception):
     return error_response(500, "internal server error", "the server failed; see its log")
 
 
-def create_app(app_settings: Settings | None = None) -> Flask:
+def create_app(app_settings: Settings | None = None, blueprints: Iterable[Blueprint] = ()) -> Flask:
+    """The app. `blueprints` are yours: their streaming routes, declared with stream_route
+    (DEVELOPMENT.md, "Adding a streaming route"), are counted like the app's own."""
     app_settings = app_settings or load_settings()
     app = App(__name__)
     app.session_interface = NoSessions()
@@ -211,8 +214,8 @@ def create_app(app_settings: Settings | None = None) -> Flask:
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TESTING=False)
     app.extensions["streamhtml"] = app_settings
     limits = app_settings.limits
-    app.register_blueprint(routes)
-    app.register_blueprint(exports.routes)
+    for blueprint in (routes, exports.routes, *blueprints):
+        app.register_blueprint(blueprint)
     # Every streaming route is declared by now: the tracker counts what was declared.
     caps = capacity.Caps(
         max_streams=limits.max_streams,
