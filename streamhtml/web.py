@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.routing import Map, MapAdapter
 from werkzeug.routing.matcher import StateMachineMatcher
 
-from . import __version__, capacity, metrics, observe
+from . import __version__, capacity, files, metrics, observe
 from . import environ as env
 from .generators import (
     CSV_CHUNK_BYTES,
@@ -48,7 +48,7 @@ STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 # The routes whose responses are live streams, admitted and counted by the tracker.
-STREAM_ROUTES = ("/streamhtml", "/large.csv", "/sse", "/ndjson")
+STREAM_ROUTES = ("/streamhtml", "/large.csv", "/sse", "/ndjson", "/files/<path:name>")
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 RETRY_AFTER_S = 1
@@ -225,6 +225,35 @@ def large_csv():
     return response
 
 
+# Slashes are not merged: `/files//etc/passwd` is an absolute path, refused, not redirected.
+@routes.route(
+    "/files/<path:name>", methods=["GET"], provide_automatic_options=False, merge_slashes=False
+)
+def send_file_from_directory(name: str):
+    return admitted_file(files.send(settings().content.files_dir, name))
+
+
+def admitted_file(response: Response) -> Response:
+    """A file's answer with a body, admitted and counted as a stream (or a 503). The worker
+    sends it with sendfile: it holds its send buffer and a thread, never a block of its own."""
+    body = files.body_of(response)
+    environ = request.environ
+    if body is None or environ["REQUEST_METHOD"] == "HEAD":
+        return response
+    limits = settings().limits
+    live = LiveStream(iter(()), env.client_socket(environ), limits.max_stream_duration_s)
+    streams = tracker()
+    refused = streams.admit(live, env.route_of(environ) or request.path, stream_base_bytes(limits))
+    if refused:
+        response.close()
+        live.close()
+        return over_capacity(refused)
+    live.on_release(partial(streams.release, live))
+    body.call_on_close(live.close)
+    env.attach_stream(environ, live)
+    return response
+
+
 def stream(
     make_chunks: Callable[[], Iterator],
     content_type: str,
@@ -299,6 +328,12 @@ def error_response(status: int, error: str, detail: str, **extra) -> Response:
 
 def bad_parameter(exc: BadParameter):
     return error_response(400, f"invalid {exc.kind}", exc.detail, **{exc.field: exc.parameter})
+
+
+def file_refused(exc: files.FileRefused):
+    response = error_response(exc.status, exc.error, exc.detail)
+    response.headers.update(exc.headers)
+    return response
 
 
 def http_error(exc: HTTPException):
@@ -482,6 +517,7 @@ def create_app(app_settings: Settings | None = None) -> Flask:
     app.extensions["streamhtml.turns"] = Turns(limits.producing_streams)
     app.register_blueprint(routes)
     app.register_error_handler(BadParameter, bad_parameter)
+    app.register_error_handler(files.FileRefused, file_refused)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, server_error)
     instance_index = app_settings.instance.instance_index

@@ -54,6 +54,7 @@ from . import capacity, heads, memory, metrics, observe
 from . import environ as env
 from .observe import COMPLETE, RequestRecord, log
 from .response import StreamingResponse, WouldBlock, reset_on_close
+from .sendfile import FileBody
 from .settings import load_settings
 from .stream import PEEK_NOW
 
@@ -151,6 +152,8 @@ def _base_environ(cfg) -> dict:
     made_for, made = _base
     if made_for is not cfg:
         made = _gunicorn_base_environ(cfg)
+        # Seekable, and sent with os.sendfile by StreamingResponse (streamhtml/sendfile.py).
+        made["wsgi.file_wrapper"] = FileBody
         _base = (cfg, made)
     return made.copy()
 
@@ -430,7 +433,8 @@ class StreamingWorker(ThreadWorker):
         try:
             try:
                 resp.flush()  # what the main loop could not send, if anything
-                resp.write_items(body)
+                if not resp.sendfile(respiter):
+                    resp.write_items(body)
                 resp.close()
             except WouldBlock:
                 raise
