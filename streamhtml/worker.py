@@ -152,8 +152,6 @@ def _base_environ(cfg) -> dict:
     made_for, made = _base
     if made_for is not cfg:
         made = _gunicorn_base_environ(cfg)
-        # Seekable, and sent with os.sendfile by StreamingResponse (streamhtml/sendfile.py).
-        made["wsgi.file_wrapper"] = FileBody
         _base = (cfg, made)
     return made.copy()
 
@@ -184,6 +182,8 @@ def _create(req, sock, client, server, cfg, response_class=None, response_args=(
         req, sock, client, server, cfg, response_class=StreamingResponse
     )
     resp.environ = environ
+    # Seekable, and sent with os.sendfile by StreamingResponse (streamhtml/sendfile.py).
+    environ["wsgi.file_wrapper"] = FileBody
     env.mark_sends_buffers(environ)
     env.mark_received(environ, getattr(_request, "received_at_s", None) or time.time())
     if _has_body(req):

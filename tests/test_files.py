@@ -398,11 +398,3 @@ def test_werkzeugs_range_wrapper_is_read_for_the_offset_and_length_of_the_file(f
         found = file_range(response.response, response.content_length)
         assert found is not None and (found.offset, found.length) == (0, 300_000)
         response.close()
-
-
-def test_the_worker_offers_its_own_file_wrapper_in_every_environ():
-    from gunicorn.config import Config
-
-    from streamhtml.worker import _base_environ
-
-    assert _base_environ(Config())["wsgi.file_wrapper"] is FileBody
