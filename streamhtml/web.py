@@ -226,10 +226,12 @@ def large_csv():
 
 
 # Slashes are not merged: `/files//etc/passwd` is an absolute path, refused, not redirected.
+# `/files/` itself is refused as any directory is (or says what to set).
+@get("/files/")
 @routes.route(
     "/files/<path:name>", methods=["GET"], provide_automatic_options=False, merge_slashes=False
 )
-def send_file_from_directory(name: str):
+def send_file_from_directory(name: str = ""):
     return admitted_file(files.send(settings().content.files_dir, name))
 
 

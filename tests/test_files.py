@@ -208,6 +208,7 @@ REFUSED = [
     "/files/link_out",  # a symlink to a file outside
     "/files/sub/relative_out",  # a relative symlink that climbs out
     "/files/dir_out/secret.txt",  # through a symlinked directory outside
+    "/files/",  # the directory itself: no listing
     "/files/sub",  # a directory: no listing
     "/files/sub/",
     "/files/small.bin/",
@@ -241,9 +242,10 @@ def test_a_nul_or_control_character_in_the_path_is_a_json_400(files_server, path
 
 def test_without_a_files_directory_the_answer_names_the_setting():
     client = create_app(Settings(limits=small_limits())).test_client()
-    reply = client.get("/files/anything.bin")
-    assert reply.status_code == 404
-    assert "STREAMHTML_FILES_DIR" in reply.get_json()["detail"]
+    for path in ("/files/anything.bin", "/files/"):
+        reply = client.get(path)
+        assert reply.status_code == 404
+        assert "STREAMHTML_FILES_DIR" in reply.get_json()["detail"]
 
 
 # --- the limits of a stream ---------------------------------------------------------------------
