@@ -14,12 +14,16 @@ from __future__ import annotations
 import os
 import re
 import stat
+from functools import partial
 
 from flask import Response, request, send_from_directory
 from werkzeug.exceptions import NotFound, RequestedRangeNotSatisfiable
 from werkzeug.security import safe_join
 
-from .sendfile import FileBody, file_body
+from . import environ as env
+from .capacity import Tracker
+from .sendfile import file_body
+from .stream import LiveStream
 
 SETTING = "STREAMHTML_FILES_DIR"
 # File answers are the operator's bytes, not the app's: a browser must not run an HTML file
@@ -106,8 +110,22 @@ def send(root: str, name: str) -> Response:
     return response
 
 
-def body_of(response: Response) -> FileBody | None:
-    """The file a sent file's response will send, when it sends one (not HEAD, not a 304)."""
-    if response.status_code not in (200, 206):
-        return None
-    return file_body(response.response)
+def admit(response: Response, streams: Tracker, cost_bytes: int, duration_s: int) -> str | None:
+    """Count a file's answer with a body in as a stream, with a deadline `duration_s` away;
+    None when admitted (or there is no body to send), else why it was refused (the file is
+    closed). The worker sends it with sendfile (streamhtml/response.py), which marks the
+    stream complete; closing the file releases it."""
+    environ = request.environ
+    body = file_body(response.response) if response.status_code in (200, 206) else None
+    if body is None or environ["REQUEST_METHOD"] == "HEAD":
+        return None  # HEAD, a 304: Werkzeug sends no body, and closes the file itself
+    live = LiveStream(iter(()), env.client_socket(environ), duration_s)
+    refused = streams.admit(live, env.route_of(environ) or request.path, cost_bytes)
+    if refused:
+        response.close()
+        live.close()
+        return refused
+    live.on_release(partial(streams.release, live))
+    body.call_on_close(live.close)
+    env.attach_stream(environ, live)
+    return None

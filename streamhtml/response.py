@@ -7,7 +7,9 @@ deadline, and framing goes out with the block in one sendmsg() without copying i
 whose items are all ready at once (`environ.mark_coalescable`) is sent in writes of about
 SEND_BYTES instead of one send per item; every item is still its own HTTP chunk. On the
 worker's main loop nothing waits: a send the socket cannot take raises WouldBlock, with the
-rest still queued, and a pool thread carries on from there.
+rest still queued, and a pool thread carries on from there. A file body (the worker's
+`wsgi.file_wrapper`, streamhtml/sendfile.py) goes out with os.sendfile, under the same
+timeouts, from a pool thread.
 """
 
 from __future__ import annotations

@@ -232,28 +232,12 @@ def large_csv():
     "/files/<path:name>", methods=["GET"], provide_automatic_options=False, merge_slashes=False
 )
 def send_file_from_directory(name: str = ""):
-    return admitted_file(files.send(settings().content.files_dir, name))
-
-
-def admitted_file(response: Response) -> Response:
-    """A file's answer with a body, admitted and counted as a stream (or a 503). The worker
-    sends it with sendfile: it holds its send buffer and a thread, never a block of its own."""
-    body = files.body_of(response)
-    environ = request.environ
-    if body is None or environ["REQUEST_METHOD"] == "HEAD":
-        return response
-    limits = settings().limits
-    live = LiveStream(iter(()), env.client_socket(environ), limits.max_stream_duration_s)
-    streams = tracker()
-    refused = streams.admit(live, env.route_of(environ) or request.path, stream_base_bytes(limits))
-    if refused:
-        response.close()
-        live.close()
-        return over_capacity(refused)
-    live.on_release(partial(streams.release, live))
-    body.call_on_close(live.close)
-    env.attach_stream(environ, live)
-    return response
+    current = settings()
+    response = files.send(current.content.files_dir, name)
+    limits = current.limits
+    cost_bytes = stream_base_bytes(limits)  # its send buffer and thread: no block of its own
+    refused = files.admit(response, tracker(), cost_bytes, limits.max_stream_duration_s)
+    return over_capacity(refused) if refused else response
 
 
 def stream(

@@ -19,8 +19,9 @@ tests/test_worker_seams.py to the gunicorn range in requirements.in:
   read, without a trip to a pool thread and back (`handle_request`): every body but a live
   stream's is in memory, and a brief stream (`environ.mark_brief`) is made in microseconds.
   Nothing there waits: sends do not block, and an answer the socket cannot take whole, a
-  live stream, or a request with a body goes to a pool thread as before; so does every
-  request while BUSY_POOL connections are on pool threads.
+  live stream, a file body (sent with os.sendfile, streamhtml/sendfile.py), or a request
+  with a body goes to a pool thread as before; so does every request while BUSY_POOL
+  connections are on pool threads.
 - gunicorn's Date header and its forwarded_allow_ips check of the peer are remembered (per
   second, per address) in the worker process; the main loop's heartbeat and sweeps run at most
   every CHORES_EVERY_S instead of once a request.

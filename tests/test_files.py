@@ -343,6 +343,28 @@ def test_health_answers_within_a_second_while_20_downloads_run(files_server):
     wait_for(lambda: streams_in_progress(files_server.port) == 0, 3)
 
 
+def test_a_download_is_admitted_as_a_stream_and_refused_a_slot_when_full(start_server, files_dir):
+    env = {**small_limits_env(), "STREAMHTML_FILES_DIR": str(files_dir.root)}
+    server = start_server({**env, "STREAMHTML_MAX_STREAMS": "1"})
+    holder = connect(server.port, rcvbuf=4096)
+    try:
+        send_request(holder, "/files/big.bin")
+        wait_for(lambda: streams_in_progress(server.port) == 1, 2)
+        refused = request(server.port, "/files/small.bin")
+        assert refused.status == 503 and refused.header("Retry-After") == "1"
+        assert json.loads(refused.body)["reason"] == "instance full"
+        # HEAD and a 304 send no body: they take no slot.
+        assert request(server.port, "/files/small.bin", method="HEAD").status == 200
+        etag = request(server.port, "/files/small.bin", method="HEAD").header("ETag")
+        assert (
+            request(server.port, "/files/small.bin", headers={"If-None-Match": etag}).status == 304
+        )
+    finally:
+        holder.close()
+    wait_for(lambda: streams_in_progress(server.port) == 0, 2)
+    assert request(server.port, "/files/small.bin").body == files_dir.small
+
+
 def test_a_download_still_running_at_shutdown_is_cut_in_the_grace(start_server, files_dir):
     env = {
         **small_limits_env(),
