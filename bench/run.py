@@ -169,6 +169,18 @@ def http_get(port: int, path: str, timeout: float) -> tuple[int, float]:
     return status, time.perf_counter() - started
 
 
+def ranged_get(port: int, path: str) -> None:
+    """One GET of the first byte of `path`, on a new connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Range": "bytes=0-0"})
+        conn.getresponse().read()
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
 def children(pid: int) -> list[int]:
     done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(child) for child in done.stdout.split()]
@@ -618,6 +630,10 @@ def file_rows(servers: dict, order, size: int, put) -> None:
         if name == "minimal":
             continue
         server = servers[name]
+        for _ in range(4):
+            # Each worker's first file answer loads what it needs once (mimetypes' tables):
+            # the figure is a warm server's, as the stream rows' are.
+            ranged_get(server.port, file_path(name, size))
         watch = RssWatch(server.workers() if name != "nginx" else [])
         with watch:
             speed = curl_stream(f"file {name}", server.port, file_path(name, size), size)
