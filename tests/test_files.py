@@ -2,6 +2,7 @@
 conditional requests as Werkzeug answers them, every way out of the directory refused, and
 the limits of a stream (stall, deadline, shutdown, hang-up) held for a 1 GiB file."""
 
+import contextlib
 import json
 import re
 import signal
@@ -328,16 +329,31 @@ def test_a_1_gib_file_goes_out_by_sendfile_in_flat_memory(files_server):
 
 
 def test_health_answers_within_a_second_while_20_downloads_run(files_server):
-    downloads = [connect(files_server.port, rcvbuf=4096) for _ in range(20)]
+    # Ten clients read as fast as they can, ten read nothing: both kinds hold a thread.
+    stop = threading.Event()
+    downloads = [connect(files_server.port, rcvbuf=None if n < 10 else 4096) for n in range(20)]
+
+    def read_fast(sock):
+        buffer = bytearray(1 << 20)
+        with contextlib.suppress(OSError):
+            while not stop.is_set() and sock.recv_into(buffer):
+                pass
+
+    readers = [threading.Thread(target=read_fast, args=(s,), daemon=True) for s in downloads[:10]]
     try:
         for sock in downloads:
             send_request(sock, "/files/big.bin?one-of-20")
+        for reader in readers:
+            reader.start()
         wait_for(lambda: streams_in_progress(files_server.port) == 20, 2)
         for _ in range(5):
             started = time.monotonic()
             assert request(files_server.port, "/health", timeout_s=2).status == 200
             assert time.monotonic() - started < 1.0
+            time.sleep(0.1)
+        assert streams_in_progress(files_server.port) == 20, "all 20 still running"
     finally:
+        stop.set()
         for sock in downloads:
             sock.close()
     wait_for(lambda: streams_in_progress(files_server.port) == 0, 3)
