@@ -169,6 +169,18 @@ def http_get(port: int, path: str, timeout: float) -> tuple[int, float]:
     return status, time.perf_counter() - started
 
 
+def ranged_get(port: int, path: str) -> None:
+    """One GET of the first byte of `path`, on a new connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Range": "bytes=0-0"})
+        conn.getresponse().read()
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
 def children(pid: int) -> list[int]:
     done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(child) for child in done.stdout.split()]
@@ -238,7 +250,14 @@ def start_servers(args, tmp: Path, round_no: int) -> dict[str, Server]:
     venv_bin = str(Path(sys.executable).parent)
     path = f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     web = re.search(r"^web:\s*(.+)$", (args.project / "Procfile").read_text(), re.M).group(1)
-    project_env = {"PATH": path, "PORT": str(free_port()), "WEB_CONCURRENCY": "2", **args.env}
+    project_env = {
+        "PATH": path,
+        "PORT": str(free_port()),
+        "WEB_CONCURRENCY": "2",
+        # nginx's files: the project's /files/ rows send the very file nginx does.
+        "STREAMHTML_FILES_DIR": str(tmp / "www/f"),
+        **args.env,
+    }
     minimal_port, nginx_port = free_port(), free_port()
     # gunicorn's defaults, but its control socket in a directory of ours, not in $HOME.
     minimal_env = {"PATH": path, "XDG_RUNTIME_DIR": str(tmp)}
@@ -300,6 +319,12 @@ def stream_path(name: str, nblocks: int, block_size: int, static: bool = False) 
     return f"/streamhtml?nblocks={nblocks}&block_size={block_size}" + (
         "&use_static_data=1" if static else ""
     )
+
+
+def file_path(name: str, size: int) -> str:
+    """The same file of `size` bytes: through /files/ (send_from_directory and sendfile), or
+    nginx's static file (sendfile on)."""
+    return f"/f/{size}" if name == "nginx" else f"/files/{size}"
 
 
 def shape_path(shape: str, nblocks: int, block_size: int) -> str:
@@ -532,8 +557,13 @@ def run_round(args, mode: dict, tmp: Path, round_no: int, data: dict) -> None:
 
     try:
         for name in order:
+            if args.only == "files" and name == "minimal":
+                continue
             servers[name].start()
             put("startup_s", name, servers[name].startup_s)
+        file_rows(servers, order, mode["stream_bytes"], put)
+        if args.only == "files":
+            return
         for test, nblocks, size, n, c in LOAD_TESTS:
             for name in order:
                 port, path = servers[name].port, stream_path(name, nblocks, size)
@@ -593,6 +623,25 @@ def run_round(args, mode: dict, tmp: Path, round_no: int, data: dict) -> None:
             servers[name].stop()
 
 
+def file_rows(servers: dict, order, size: int, put) -> None:
+    """One download of the same file from /files/ and from nginx, each server in turn, with
+    the worker's RSS growth over it."""
+    for name in order:
+        if name == "minimal":
+            continue
+        server = servers[name]
+        for _ in range(4):
+            # Each worker's first file answer loads what it needs once (mimetypes' tables):
+            # the figure is a warm server's, as the stream rows' are.
+            ranged_get(server.port, file_path(name, size))
+        watch = RssWatch(server.workers() if name != "nginx" else [])
+        with watch:
+            speed = curl_stream(f"file {name}", server.port, file_path(name, size), size)
+        put("file", name, speed)
+        if name != "nginx":
+            put("rss_file", name, watch.growth_mib())
+
+
 # --- summary --------------------------------------------------------------------------------
 
 
@@ -639,6 +688,8 @@ ROWS = (
         for s in BLOCK_SIZES
     ),
     ("stream_1024", "one stream, 1 KiB, use_static_data=1", "MiB/s", MIB, "stream_1024_static"),
+    ("file", "one file from /files/ (sendfile)", "MiB/s", MIB, None),
+    ("rss_file", "worker RSS growth, one file from /files/", "MiB", 1, None),
     *(
         (f"rss_{s}", f"worker RSS growth, {s // 1024} KiB blocks", "MiB", 1, None)
         for s in RSS_BLOCK_SIZES
@@ -682,7 +733,7 @@ def table(data: dict) -> list[str]:
         for name in ("minimal", "nginx"):
             cells.append(fmt(median(data.get(figure, {}).get(name, [])) / scale, unit))
         if "accepted" in figure:  # a round that never accepted them all counts as the longest
-            cells = [accepted(data[figure].get(name, [])) for name in SERVERS]
+            cells = [accepted(data.get(figure, {}).get(name, [])) for name in SERVERS]
         by_minimal = by_nginx = math.nan
         if unit not in ("MiB", "ms", "s"):  # a ratio of memory or latency figures says little
             by_minimal = ratio(data, figure, "minimal", top_figure=top)
@@ -732,6 +783,10 @@ def targets(data: dict) -> tuple[list[str], bool]:
         ("one stream of 64 KiB blocks, bytes/s ÷ nginx", ratios(data, "stream_65536", "nginx"),
          0.8, 0.9, "≥", "×"),
         ("worker RSS growth over one stream (1 and 64 KiB blocks)", rss, 8.0, 2.0, "≤", " MiB"),
+        ("one file from /files/ (256 MiB), bytes/s ÷ nginx's sendfile",
+         ratios(data, "file", "nginx"), 0.85, 0.95, "≥", "×"),
+        ("worker RSS growth over one file from /files/", project("rss_file"), 8.0, 2.0, "≤",
+         " MiB"),
         ("500 concurrent streams, /health p99", project("sweep_500_p99", 1000), 1000, 100,
          "≤", " ms"),
         ("start to healthy", project("startup_s"), None, 1.0, "≤", " s"),
@@ -984,6 +1039,12 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--note", help="a line about the project tree for RESULTS.md")
     parser.add_argument("--report", type=Path, metavar="JSON", help="only rewrite the report")
+    parser.add_argument(
+        "--only",
+        choices=("files",),
+        help="only these rows (files: /files/ and nginx's sendfile of the same file), no "
+        "siege; pair it with --results elsewhere, the rest of the table is empty",
+    )
     args = parser.parse_args()
     args.env = dict(item.split("=", 1) for item in args.env)
     args.project = args.project.resolve()
@@ -1017,12 +1078,14 @@ def measure(args, mode: dict) -> int:
         for round_no in range(1, mode["rounds"] + 1):
             print(f"round {round_no} of {mode['rounds']}", flush=True)
             run_round(args, mode, tmp, round_no, data)
-        print("siege", flush=True)
-        siege_figures = siege.measure(siege_starter(args, tmp), args.quick, print)
+        siege_figures: dict = {}
+        if not args.only:
+            print("siege", flush=True)
+            siege_figures = siege.measure(siege_starter(args, tmp), args.quick, print)
     loads.append(os.getloadavg()[0])
     run_facts = {"mode": mode, "data": data, "commands": COMMANDS, "loads": loads}
     run_facts["siege"] = siege_figures
-    run_facts.update(env=args.env, quick=args.quick)
+    run_facts.update(env=args.env, quick=args.quick, only=args.only)
     tree = project_revision(args.project) + (f"; {args.note}" if args.note else "")
     run_facts["facts"] = {**machine(), "project tree": tree}
     run_facts["seconds"] = time.monotonic() - started
@@ -1036,7 +1099,7 @@ def report(args, run: dict) -> int:
     lines = table(data)
     target_lines, all_must = targets(data)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    pngs = plots(data, args.results.parent)
+    pngs = [] if run.get("only") else plots(data, args.results.parent)
     write_results(args, run, lines, target_lines, pngs)
     print("\n" + "\n".join(lines) + "\n\n" + "\n".join(target_lines))
     print(f"\n{run['seconds']:.0f} s; wrote {args.results} and {', '.join(pngs)}")

@@ -7,18 +7,23 @@ deadline, and framing goes out with the block in one sendmsg() without copying i
 whose items are all ready at once (`environ.mark_coalescable`) is sent in writes of about
 SEND_BYTES instead of one send per item; every item is still its own HTTP chunk. On the
 worker's main loop nothing waits: a send the socket cannot take raises WouldBlock, with the
-rest still queued, and a pool thread carries on from there.
+rest still queued, and a pool thread carries on from there. A file body (the worker's
+`wsgi.file_wrapper`, streamhtml/sendfile.py) goes out with os.sendfile, under the same
+timeouts, from a pool thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import select
 import socket
+import ssl
 import struct
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import NoReturn
 
@@ -26,13 +31,16 @@ from gunicorn import util
 from gunicorn.http import wsgi
 
 from . import environ as env
-from .observe import DEADLINE, STALLED
+from .observe import COMPLETE, DEADLINE, ERROR, STALLED
+from .sendfile import file_range
 
 SEND_BYTES = 64 * 1024
 # Items this large are sent from where they are, not copied next to their framing.
 ZERO_COPY_BYTES = 16 * 1024
 # sendmsg() takes at most IOV_MAX (1024 on Linux) buffers; each chunk is three.
 MAX_PARTS = 1020
+# os.sendfile() moves at most about 2 GiB a call on Linux.
+SENDFILE_MAX_BYTES = 1 << 30
 
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees at once
 _CHUNK_END = b"\r\n"
@@ -160,7 +168,69 @@ class StreamingResponse(wsgi.Response):
         self.headers_sent = True
 
     def sendfile(self, respiter) -> bool:
-        return False  # file bodies go through write(), and so get the same timeouts
+        """Send a file body (streamhtml/sendfile.py) from the page cache with os.sendfile,
+        under the same stall timeout and deadline as any write; False when `respiter` is not
+        one, and the caller writes it item by item."""
+        found = file_range(respiter, self.response_length)
+        if found is None:
+            return False
+        if self.inline:
+            # A file read may wait for the disk, and a large one for the client: a pool
+            # thread sends it (raised before anything is queued, so it starts afresh there).
+            raise WouldBlock
+        if self._omits_body:
+            self.send_headers()
+            self.flush()
+            return True
+        head = b"%X\r\n" % found.length if self.chunked and found.length else b""
+        self.send_headers()
+        self._tail += head
+        self.flush()  # the head, under the stall timeout
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.write_items(_read_range(found))  # TLS in gunicorn: no sendfile
+        else:
+            self._sendfile_waiting(found.fd, found.offset, found.length)
+        if head:
+            self._tail += _CHUNK_END
+        stream = env.stream_of(self.environ)
+        if stream is not None:
+            # The stream was never iterated, which is where a stream learns it ended whole.
+            stream.outcome = COMPLETE
+        return True
+
+    def _sendfile_waiting(self, fd: int, offset: int, count: int) -> None:
+        """os.sendfile on the socket, non-blocking, polling between sends: none waits more than
+        the stall timeout for the client, nor past the stream's deadline; `sent` counts as the
+        socket takes bytes, so a cut or a hang-up leaves it right."""
+        stream = env.stream_of(self.environ)
+        deadline = stream.deadline if stream is not None else None
+        sock = self.sock
+        if not self._timeout_s:
+            # Any timeout makes Python keep the descriptor non-blocking, as sendfile needs.
+            sock.settimeout(self.stall_timeout_s)
+            self._timeout_s = self.stall_timeout_s
+        out = sock.fileno()
+        writable = select.poll()
+        writable.register(out, select.POLLOUT)
+        end = offset + count
+        while offset < end:
+            if deadline is not None and time.monotonic() >= deadline:
+                self._cut(DEADLINE)
+            try:
+                sent = os.sendfile(out, fd, offset, min(end - offset, SENDFILE_MAX_BYTES))
+            except BlockingIOError:
+                wait_s = self.stall_timeout_s
+                if deadline is not None:
+                    wait_s = min(wait_s, max(0.0, deadline - time.monotonic()))
+                if not writable.poll(wait_s * 1000.0):
+                    late = deadline is not None and time.monotonic() >= deadline
+                    self._cut(DEADLINE if late else STALLED)
+                continue
+            if not sent:
+                # The file shrank under us: the promised length cannot be kept.
+                self._cut(ERROR)
+            offset += sent
+            self.sent += sent
 
     def close(self) -> None:
         self.send_headers()
@@ -257,6 +327,16 @@ class StreamingResponse(wsgi.Response):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
             reset_on_close.add(self.sock)
         raise ResponseCut(errno.EPIPE, f"response cut: {outcome}")
+
+
+def _read_range(found) -> Iterator[bytes]:
+    offset, end = found.offset, found.offset + found.length
+    while offset < end:
+        data = os.pread(found.fd, min(SEND_BYTES, end - offset), offset)
+        if not data:
+            return
+        offset += len(data)
+        yield data
 
 
 def _advance(parts: list, sent: int) -> list:

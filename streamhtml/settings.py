@@ -47,6 +47,8 @@ class Setting:
     lowest: int = 0
     highest: int = 0
     choices: tuple[str, ...] = ()
+    # A directory: the value is a path, resolved (symlinks too) at start; "" leaves it unset.
+    directory: bool = False
     # The value the tests run with, so every limit can be hit cheaply; None keeps the default.
     small: int | str | None = None
 
@@ -60,6 +62,8 @@ class Setting:
                     f"{self.env} must be one of {', '.join(self.choices)}; got {raw!r}"
                 )
             return raw.lower()
+        if self.directory:
+            return _directory(self.env, raw)
         value = parse_bounded(raw.strip(), self.lowest, self.highest)
         if value is None:
             raise SettingsError(
@@ -70,7 +74,17 @@ class Setting:
 
     @property
     def accepted(self) -> str:
+        if self.directory:
+            return "an existing directory"
         return ", ".join(self.choices) if self.choices else f"{self.lowest}–{self.highest}"
+
+
+def _directory(env: str, raw: str) -> str:
+    # Resolved once here, so every request checks its file against one real path, and a
+    # relative value means the start directory, not Flask's package root.
+    if "\x00" in raw or not os.path.isdir(raw):
+        raise SettingsError(f"{env} must name an existing directory; got {raw!r}")
+    return os.path.realpath(raw)
 
 
 def number(env, default, lowest, highest, doc, small=None) -> Any:
@@ -81,6 +95,11 @@ def number(env, default, lowest, highest, doc, small=None) -> Any:
 def choice(env, default, choices, doc, small=None) -> Any:
     spec = Setting(env, default, doc, choices=choices, small=small)
     return field(default=default, metadata={"setting": spec})
+
+
+def directory(env, doc) -> Any:
+    spec = Setting(env, "", doc, directory=True)
+    return field(default="", metadata={"setting": spec})
 
 
 @dataclass(frozen=True)
@@ -239,6 +258,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Content:
+    """What the app serves besides the streams it makes."""
+
+    files_dir: str = directory(
+        "STREAMHTML_FILES_DIR",
+        "the directory whose files `/files/<path>` serves (sendfile, Range, 304s); unset, "
+        "`/files/` answers a JSON 404 that names this variable",
+    )
+
+
+@dataclass(frozen=True)
 class Server:
     """gunicorn's settings (gunicorn.conf.py reads these and nothing else)."""
 
@@ -311,6 +341,7 @@ class Instance:
 @dataclass(frozen=True)
 class Settings:
     limits: Limits = Limits()
+    content: Content = Content()
     server: Server = Server()
     instance: Instance = Instance()
     # Where exports read rows; the default is an embedded SQLite file of the default size.
@@ -339,7 +370,7 @@ def declared(group: type) -> Iterator[tuple[str, Setting]]:
 
 
 def all_settings() -> list[Setting]:
-    return [spec for group in (Limits, Server) for _, spec in declared(group)]
+    return [spec for group in (Limits, Content, Server) for _, spec in declared(group)]
 
 
 def _read_group(group: type, environ: Mapping[str, str]) -> Any:
@@ -527,6 +558,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     limits = _read_group(Limits, environ)
     return Settings(
         limits=limits,
+        content=_read_group(Content, environ),
         server=server,
         instance=_instance(environ),
         source=resolve_source(environ, limits),
@@ -539,7 +571,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def markdown_table() -> str:
     rows = ["| variable | default | accepted | what it sets |", "|---|---|---|---|"]
     for spec in all_settings():
-        rows.append(f"| `{spec.env}` | `{spec.default}` | {spec.accepted} | {spec.doc} |")
+        default = f"`{spec.default}`" if spec.default != "" else "unset"
+        rows.append(f"| `{spec.env}` | {default} | {spec.accepted} | {spec.doc} |")
     return "\n".join(rows)
 
 

@@ -87,17 +87,24 @@ def stream_route(
     *,
     waits_on_io: bool = False,
     cap: Cap | None = None,
+    **options,
 ):
-    """Declare a streaming route (GET and HEAD) on `blueprint`; see the module's docstring."""
+    """Declare a streaming route (GET and HEAD) on `blueprint`; see the module's docstring.
+    `options` go to Flask's add_url_rule (merge_slashes, say)."""
     declared = StreamRoute(rule, content_type, waits_on_io, cap)
 
     def decorator(view: Callable) -> Callable:
         DECLARED[rule] = declared
         served = _off_main_loop(view) if waits_on_io else view
         blueprint.add_url_rule(
-            rule, view.__name__, served, methods=["GET"], provide_automatic_options=False
+            rule,
+            view.__name__,
+            served,
+            methods=["GET"],
+            provide_automatic_options=False,
+            **options,
         )
-        return view
+        return served
 
     return decorator
 

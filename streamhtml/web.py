@@ -14,7 +14,7 @@ from dataclasses import asdict
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from . import __version__, capacity, exports, metrics, observe
+from . import __version__, capacity, exports, files, metrics, observe
 from . import environ as env
 from .generators import (
     CSV_CHUNK_BYTES,
@@ -45,6 +45,7 @@ from .streaming import (
     DECLARED,
     STREAM_HEADERS,
     error_response,
+    over_capacity,
     route_caps,
     settings,
     source_failed,
@@ -176,8 +177,30 @@ def large_csv():
     return response
 
 
+# Slashes are not merged: `/files//etc/passwd` is an absolute path, refused, not redirected.
+# `/files/` itself is refused as any directory is (or says what to set). Its content type is
+# the file's; stream() is not used: the worker sends the file itself (streamhtml/sendfile.py).
+@get("/files/")
+@stream_route(
+    routes, "/files/<path:name>", "application/octet-stream", waits_on_io=True, merge_slashes=False
+)
+def send_file_from_directory(name: str = ""):
+    current = settings()
+    response = files.send(current.content.files_dir, name)
+    limits = current.limits
+    cost_bytes = stream_base_bytes(limits)  # its send buffer and thread: no block of its own
+    refused = files.admit(response, tracker(), cost_bytes, limits.max_stream_duration_s)
+    return over_capacity(refused) if refused else response
+
+
 def bad_parameter(exc: BadParameter):
     return error_response(400, f"invalid {exc.kind}", exc.detail, **{exc.field: exc.parameter})
+
+
+def file_refused(exc: files.FileRefused):
+    response = error_response(exc.status, exc.error, exc.detail)
+    response.headers.update(exc.headers)
+    return response
 
 
 def http_error(exc: HTTPException):
@@ -229,6 +252,7 @@ def create_app(app_settings: Settings | None = None, blueprints: Iterable[Bluepr
     exports.attach(app, app_settings)
     app.register_error_handler(BadParameter, bad_parameter)
     app.register_error_handler(StreamFailed, source_failed)
+    app.register_error_handler(files.FileRefused, file_refused)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, server_error)
     instance_index = app_settings.instance.instance_index

@@ -19,8 +19,9 @@ tests/test_worker_seams.py to the gunicorn range in requirements.in:
   read, without a trip to a pool thread and back (`handle_request`): every body but a live
   stream's is in memory, and a brief stream (`environ.mark_brief`) is made in microseconds.
   Nothing there waits: sends do not block, and an answer the socket cannot take whole, a
-  live stream, or a request with a body goes to a pool thread as before; so does every
-  request while BUSY_POOL connections are on pool threads.
+  live stream, a file body (sent with os.sendfile, streamhtml/sendfile.py), or a request
+  with a body goes to a pool thread as before; so does every request while BUSY_POOL
+  connections are on pool threads.
 - gunicorn's Date header and its forwarded_allow_ips check of the peer are remembered (per
   second, per address) in the worker process; the main loop's heartbeat and sweeps run at most
   every CHORES_EVERY_S instead of once a request.
@@ -54,6 +55,7 @@ from . import capacity, heads, memory, metrics, observe
 from . import environ as env
 from .observe import COMPLETE, RequestRecord, log
 from .response import StreamingResponse, WouldBlock, reset_on_close
+from .sendfile import FileBody
 from .settings import load_settings
 from .stream import PEEK_NOW, StreamFailed
 
@@ -181,6 +183,8 @@ def _create(req, sock, client, server, cfg, response_class=None, response_args=(
         req, sock, client, server, cfg, response_class=StreamingResponse
     )
     resp.environ = environ
+    # Seekable, and sent with os.sendfile by StreamingResponse (streamhtml/sendfile.py).
+    environ["wsgi.file_wrapper"] = FileBody
     env.mark_sends_buffers(environ)
     env.mark_received(environ, getattr(_request, "received_at_s", None) or time.time())
     if _has_body(req):
@@ -439,7 +443,8 @@ class StreamingWorker(ThreadWorker):
         try:
             try:
                 resp.flush()  # what the main loop could not send, if anything
-                resp.write_items(body)
+                if not resp.sendfile(respiter):
+                    resp.write_items(body)
                 resp.close()
             except WouldBlock:
                 raise

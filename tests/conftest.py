@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from files_support import make_files_dir
 from pg_support import DEBIAN_ROOT, Postgres, find_bindir
 from support import Server, read_body, read_head, send_request
 
@@ -121,3 +122,19 @@ def postgres():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def files_dir(tmp_path_factory):
+    """Real files to serve under /files/, and names that must not be (tests/files_support.py)."""
+    return make_files_dir(tmp_path_factory.mktemp("files"))
+
+
+@pytest.fixture(scope="module")
+def files_server(tmp_path_factory, files_dir):
+    """One shared gunicorn with the small limits, serving `files_dir` under /files/."""
+    log_path = tmp_path_factory.mktemp("files_server") / "gunicorn.log"
+    env = {**small_limits_env(), "STREAMHTML_FILES_DIR": str(files_dir.root)}
+    running = Server(log_path, env=env).start()
+    yield running
+    running.stop()
