@@ -77,8 +77,20 @@ class DatasetExists(RuntimeError):
 # --- SQLite ------------------------------------------------------------------------------------
 
 
-def fill_sqlite(path: str, rows: int, replace: bool = False) -> None:
-    """Make the SQLite file at `path` with `rows` rows: built aside, then renamed into place."""
+class ParentGone(RuntimeError):
+    """The worker that asked for the dataset is gone: the half-made file goes with it."""
+
+
+def _while_parent_lives(rows: Iterator[tuple], parent: int | None) -> Iterator[tuple]:
+    for number, row in enumerate(rows):
+        if parent is not None and number % 10_000 == 0 and os.getppid() != parent:
+            raise ParentGone(f"the process that asked for the dataset ({parent}) is gone")
+        yield row
+
+
+def fill_sqlite(path: str, rows: int, replace: bool = False, parent: int | None = None) -> None:
+    """Make the SQLite file at `path` with `rows` rows: built aside, then renamed into place.
+    With `parent`, making it stops (and leaves nothing) once that process is gone."""
     if os.path.exists(path) and not replace:
         raise DatasetExists(f"{path} already exists; pass --replace to make it again")
     building = f"{path}.building-{os.getpid()}"
@@ -92,7 +104,8 @@ def fill_sqlite(path: str, rows: int, replace: bool = False) -> None:
             db.execute("PRAGMA synchronous = OFF")
             db.execute(_SQLITE_SCHEMA)
             placeholders = ", ".join("?" * len(COLUMNS))
-            db.executemany(f"INSERT INTO {TABLE} VALUES ({placeholders})", dataset_rows(rows))
+            made = _while_parent_lives(dataset_rows(rows), parent)
+            db.executemany(f"INSERT INTO {TABLE} VALUES ({placeholders})", made)
             db.commit()
         finally:
             db.close()
@@ -154,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     # workers gets the lock first; the others, and a file already made, end quietly.
     parser.add_argument("--sqlite", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--quiet-if-busy", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 0 <= args.rows <= 1_000_000_000:
         parser.error("--rows must be from 0 to 1000000000")
@@ -178,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dataset: filling {TABLE} with {args.rows} rows ({where})", flush=True)
     try:
         if source.kind == "sqlite":
-            fill_sqlite(source.path, args.rows, args.replace)
+            fill_sqlite(source.path, args.rows, args.replace, args.parent)
         else:
             fill_postgres(lambda: connect_once(source), args.rows, args.replace)
     except DatasetExists as error:
         print(f"dataset: {error}", file=sys.stderr)
         return 1
+    except ParentGone:
+        return 0  # the app stopped; another start makes it again
     except Exception as error:  # noqa: BLE001 - one line, credentials removed, for cf logs
         print(f"dataset: failed: {redact(str(error), source)}", file=sys.stderr)
         return 1

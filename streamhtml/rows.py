@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from . import capacity
@@ -45,6 +46,8 @@ PAGE_BYTES = 512 * 1024
 EXPORT_HELD_BYTES = 2 * PAGE_BYTES
 # How long a client is told to wait while the embedded dataset is being made.
 FILLING_RETRY_AFTER_S = 2
+# A cancel is a connection of its own to the server; past this it is given up.
+CANCEL_TIMEOUT_S = 2.0
 # Failed connection attempts are logged at most this often, whatever the request rate.
 CONNECT_ERROR_LOG_EVERY_S = 10.0
 
@@ -108,6 +111,7 @@ class SqliteSource:
         self.rows_to_make = limits.dataset_rows
         self._ready = False
         self._filler: subprocess.Popen | None = None
+        self._fill_failed = False
 
     def start(self) -> None:
         """At app start: make the embedded dataset if it is not there, in a child process, so
@@ -126,6 +130,8 @@ class SqliteSource:
             "--sqlite",
             self.source.path,
             "--quiet-if-busy",
+            "--parent",
+            str(os.getpid()),
         ]
         try:
             filler = subprocess.Popen(
@@ -146,6 +152,7 @@ class SqliteSource:
         # The child's words reach the log through ours, one JSON line, not as raw text.
         _, said = filler.communicate()
         if filler.returncode:
+            self._fill_failed = True
             text = " ".join(said.decode(errors="replace").split())[-500:]
             log.error("making the embedded dataset failed (%s): %s", filler.returncode, text)
 
@@ -155,6 +162,8 @@ class SqliteSource:
         if os.path.exists(self.source.path):
             self._ready = True
             return
+        if self.source.embedded and self._fill_failed:
+            raise SourceError("the embedded dataset could not be made; see the log", "failed")
         if self.source.embedded:
             raise SourceError(
                 f"the embedded dataset ({self.rows_to_make} rows) is still being made; "
@@ -365,7 +374,7 @@ class PostgresSource:
             with (
                 self._connection() as connection,
                 connection.cursor() as cursor,
-                waiting(connection.cancel_safe),
+                waiting(partial(connection.cancel_safe, timeout=CANCEL_TIMEOUT_S)),
                 cursor.copy(query) as copy,
             ):
                 for line in copy:

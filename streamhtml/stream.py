@@ -111,8 +111,18 @@ class HangupWatch:
             return
         epoll = self._started()
         fd = sock.fileno()
+        # Once the wait is over, on_hangup must not run: the query it cancels would be the
+        # next one on that pooled connection. Ending the wait waits for a call under way.
+        guard = threading.Lock()
+        active = [True]
+
+        def hung_up() -> None:
+            with guard:
+                if active[0]:
+                    on_hangup()
+
         with self._lock:
-            self._callbacks[fd] = on_hangup
+            self._callbacks[fd] = hung_up
         try:
             epoll.register(fd, self._FLAGS)
         except OSError:
@@ -127,6 +137,8 @@ class HangupWatch:
                 self._callbacks.pop(fd, None)
             with contextlib.suppress(OSError, ValueError):
                 epoll.unregister(fd)
+            with guard:
+                active[0] = False
 
     def _run(self) -> None:
         assert self._epoll is not None

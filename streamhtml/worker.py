@@ -416,6 +416,7 @@ class StreamingWorker(ThreadWorker):
                 # the whole request is served again on a pool thread.
                 if hasattr(respiter, "close"):
                     respiter.close()
+                resp.environ = {}  # as end_request does: no reference cycle left behind
                 self.nr -= 1
                 raise HandOff(partial(self.handle_request, req, conn))
             body = iter(respiter)

@@ -188,7 +188,7 @@ def test_a_full_instance_refuses_an_export_naming_the_setting(start_server):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             send_request(sock, "/export.csv")
             held.append(sock)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20
         while json.loads(request(server.port, "/health").body)["streams_in_progress"] < 2:
             assert time.monotonic() < deadline
             time.sleep(0.02)

@@ -305,7 +305,14 @@ def test_a_slow_reader_of_a_1_gib_file_is_cut_at_the_streams_deadline(files_serv
         sock.close()
 
 
-def test_a_1_gib_file_goes_out_by_sendfile_in_flat_memory(files_server):
+def test_a_1_gib_file_goes_out_by_sendfile_in_flat_memory(start_server, files_dir):
+    # A deadline of its own: the small one (5 s) would cut it on a loaded machine.
+    env = {
+        **small_limits_env(),
+        "STREAMHTML_FILES_DIR": str(files_dir.root),
+        "STREAMHTML_MAX_STREAM_DURATION_S": "120",
+    }
+    files_server = start_server(env)
     pids = files_server.worker_pids()
     before = {pid: rss_bytes(pid) for pid in pids}
     reads_before = sum(map(read_syscalls, pids))
