@@ -7,21 +7,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from support import read_chunk, read_head, request, send_request
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of /metrics by its name and labels, as written."""
-    reply = request(port, "/metrics")
-    assert reply.status == 200
-    assert reply.header("Content-Type").startswith("text/plain; version=0.0.4")
-    samples = {}
-    for line in reply.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
-
+from support import read_chunk, read_head, request, scrape, send_request, wait_for_samples
 
 PACED = "/streamhtml?nblocks=4&block_size=100&sleep_ms=100"
 STREAM_OK = 'streamhtml_requests_total{endpoint="/streamhtml",method="GET",status="200"}'
@@ -112,10 +98,7 @@ def test_requests_are_counted_with_the_request_log_off(start_server):
     server = start_server({"LOG_REQUESTS": "off"})
     for _ in range(3):
         request(server.port, "/streamhtml?nblocks=2&block_size=10")
-    # A stream is counted once its last byte is handed over, so a scrape may come first.
-    deadline = time.monotonic() + 5
-    while (samples := scrape(server.port)).get(STREAM_OK, 0) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    samples = wait_for_samples(server.port, lambda samples: samples.get(STREAM_OK, 0) >= 3)
     assert samples[STREAM_OK] == 3
     assert samples[BYTES] == 3 * 20
     assert not server.requests_logged(), "LOG_REQUESTS=off still wrote request lines"

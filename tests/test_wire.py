@@ -264,9 +264,14 @@ def test_each_request_is_one_json_line_with_its_outcome_bytes_and_whole_ms(start
 
 def test_cloud_foundrys_gunicorn_cmd_args_keep_one_json_line_per_request(start_server):
     server = start_server({"GUNICORN_CMD_ARGS": "--access-logfile -"})
-    request(server.port, "/streamhtml?nblocks=1")
-    server.wait_for_request(path="/streamhtml")
-    time.sleep(0.2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        for path in ("/streamhtml?nblocks=1", "/health"):
+            send_request(sock, path)
+            read_body(reader, read_head(reader), "GET")
+    # A connection's requests are answered, and logged, one after another: once the second
+    # is logged, every line the first will ever have is written.
+    server.wait_for_request(path="/health")
     assert len(server.requests_logged(path="/streamhtml")) == 1
     assert all(line.startswith("{") for line in server.log().splitlines()), server.log()
 
