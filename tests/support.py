@@ -155,6 +155,14 @@ class RawResponse:
         return found[0] if found else None
 
 
+def static_block(block_size: int) -> bytes:
+    """The block `use_static_data=1` repeats, as the app makes it: the same letters for
+    every block of a size."""
+    from streamhtml.generators import html_blocks
+
+    return bytes(next(html_blocks(1, block_size, static=True)))
+
+
 def send_request(sock: socket.socket, path: str, method: str = "GET", headers=None, version="1.1"):
     headers = {"Host": "127.0.0.1", **(headers or {})}
     lines = [f"{method} {path} HTTP/{version}"]
