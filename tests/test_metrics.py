@@ -4,9 +4,12 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from support import read_chunk, read_head, request, scrape, send_request, wait_for_samples
 
 PACED = "/streamhtml?nblocks=4&block_size=100&sleep_ms=100"
@@ -155,8 +158,8 @@ def samples_of(registry) -> dict:
 
 
 def test_a_request_adds_to_the_metrics_as_prometheus_clients_own_calls_would():
-    """metrics.observe_request adds to prometheus_client's values directly; here the same
-    records go through the metrics' own inc() and observe() in a registry of their own."""
+    """The same records through metrics.observe_request and through the metrics' own inc()
+    and observe() in a registry of their own: the same samples, route, status and outcome."""
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
     from streamhtml import metrics
@@ -202,3 +205,21 @@ def test_a_request_adds_to_the_metrics_as_prometheus_clients_own_calls_would():
     assert {key: value for key, value in added.items() if value} == {
         key: value for key, value in expected.items() if value
     }
+
+
+@pytest.mark.parametrize("multiprocess", [True, False], ids=["PROMETHEUS_MULTIPROC_DIR", "none"])
+def test_the_metrics_keep_files_exactly_when_prometheus_client_chose_to(tmp_path, multiprocess):
+    # metrics.MULTIPROCESS reads which value class prometheus_client chose when it was
+    # imported (values.ValueClass): one that keeps files with PROMETHEUS_MULTIPROC_DIR set.
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    code = (
+        "from streamhtml import metrics; metrics.connection_dropped('x'); "
+        "print(metrics.MULTIPROCESS)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == [str(multiprocess)]
+    assert bool(list(tmp_path.glob("counter_*.db"))) is multiprocess

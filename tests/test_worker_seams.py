@@ -151,35 +151,6 @@ def test_the_base_environ_the_worker_makes_once_is_gunicorns_copied_each_request
     assert _base_environ(other)["wsgi.multiprocess"] is True
 
 
-def test_prometheus_client_makes_every_value_through_values_value_class(monkeypatch):
-    # metrics.py sets values.ValueClass to a MultiProcessValue that asks observe.process_id
-    # for the pid; the metrics must still make their values through it.
-    from prometheus_client import CollectorRegistry, Counter, Histogram, values
-
-    made = []
-
-    def recording(*args, **kwargs):
-        made.append(args[2])  # the sample's name
-        return values.MutexValue(*args, **kwargs)
-
-    monkeypatch.setattr(values, "ValueClass", recording)
-    registry = CollectorRegistry()
-    Counter("seam_counted", "", registry=registry).inc()
-    Histogram("seam_timed", "", buckets=(1.0,), registry=registry).observe(0.5)
-    assert "seam_counted_total" in made
-    assert {"seam_timed_sum", "seam_timed_bucket"} <= set(made)
-    assert registry.get_sample_value("seam_timed_bucket", {"le": "1.0"}) == 1.0
-
-
-def test_a_multiprocess_value_takes_its_pid_from_the_function_it_is_given(tmp_path, monkeypatch):
-    from prometheus_client import CollectorRegistry, Counter, values
-
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: 424242))
-    Counter("seam_pid", "", registry=CollectorRegistry()).inc()
-    assert [path.name for path in tmp_path.iterdir()] == ["counter_424242.db"]
-
-
 def test_a_settled_config_answers_as_gunicorns_without_its_getattr():
     # StreamingWorker.init_process copies every setting onto the worker's Config
     # (worker._settle): gunicorn must still read settings as attributes, through __getattr__.
