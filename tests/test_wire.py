@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -88,6 +89,12 @@ def test_streams_follow_one_another_on_a_kept_alive_connection(server):
             assert [len(chunk) for chunk in reply.chunks] == [block_size] * nblocks
 
 
+def idle(pid: int) -> bool:
+    """Whether the process's main thread (a worker's main loop) is asleep, waiting."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "S"
+
+
 def connections_held(pids: list[int], port: int) -> int:
     """Connections to `port` (the listener aside) that the processes `pids` hold open."""
     inodes = set().union(*(socket_inodes(pid) for pid in pids))
@@ -122,11 +129,12 @@ def test_a_burst_of_kept_alive_connections_is_shared_by_both_workers(server):
     shared = 0
     for _ in range(5):
         # Each worker says how many connections it holds, and the others leave a burst to the
-        # one holding fewest: the last burst's connections must be closed and counted out.
-        deadline = time.monotonic() + 5
-        while connections_held(workers, server.port):
-            assert time.monotonic() < deadline, "the workers still hold closed connections"
-            time.sleep(0.02)
+        # one holding fewest: the last burst's connections must be closed and counted out,
+        # and each worker back to waiting for the next.
+        wait_until(
+            lambda: not connections_held(workers, server.port) and all(map(idle, workers)),
+            "the workers are idle, holding none of the last burst's connections",
+        )
         counts = sorted(collections.Counter(pids_answering(10)).values())
         shared += len(counts) == 2 and counts[0] >= 3
     assert shared >= 3, "most bursts of 10 are split at least 3 to 7"
@@ -348,6 +356,25 @@ def test_the_samples_ab_load_tests_have_no_failures(server, flags, query, reques
     assert re.search(r"Non-2xx responses", out) is None, out
 
 
+def server_end_queues(server_port: int, client_port: int) -> tuple[int, int]:
+    """Bytes the server's end of one loopback connection has not sent yet, and has not read
+    yet (/proc/net/tcp); (0, 0) once it is gone."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+        if (local, remote) == (server_port, client_port):
+            unsent, unread = fields[4].split(":")
+            return int(unsent, 16), int(unread, 16)
+    return 0, 0
+
+
+def wait_until(condition, what: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting until {what}"
+        time.sleep(0.01)
+
+
 def test_pipelined_answers_the_socket_cannot_take_at_once_all_arrive_whole(server):
     # Brief answers are sent from the main loop, which never waits for a socket: once the
     # client's unread answers fill the socket, the rest is handed to a pool thread.
@@ -356,7 +383,11 @@ def test_pipelined_answers_the_socket_cannot_take_at_once_all_arrive_whole(serve
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         for _ in range(12):
             send_request(sock, path)
-        time.sleep(0.5)  # nothing read yet: well over 256 KiB of answers are waiting
+        client_port = sock.getsockname()[1]
+        wait_until(  # nothing read yet: the answers fill the client's window and wait
+            lambda: server_end_queues(server.port, client_port)[0] > 0,
+            "answers wait in the server's socket",
+        )
         reader = sock.makefile("rb")
         for _ in range(12):
             reply = read_body(reader, read_head(reader), "GET")
@@ -393,9 +424,16 @@ def test_the_last_answer_arrives_whole_however_the_client_goes_on_sending(server
         sock.settimeout(10)
         sock.connect(("127.0.0.1", server.port))
         sock.sendall(first)
-        time.sleep(0.3)
+        client_port = sock.getsockname()[1]
+        wait_until(
+            lambda: server_end_queues(server.port, client_port)[0] > 0,
+            "the answer is on its way, past what the client's window takes",
+        )
         sock.sendall(then)
-        time.sleep(0.1)
+        wait_until(  # the server has them, unread, when it comes to close
+            lambda: server_end_queues(server.port, client_port)[1] >= len(then),
+            "the server's socket holds what the client sent after",
+        )
         received = bytearray()
         while data := sock.recv(65536):  # a reset raises ConnectionResetError here
             received += data
