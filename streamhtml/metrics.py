@@ -25,7 +25,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.values import MutexValue
 
 from .capacity import Tracker
-from .observe import CLIENT_GONE, SHUTDOWN, RequestRecord
+from .observe import RequestRecord
+from .outcomes import CLIENT_GONE, SHUTDOWN
 
 # The classic text format: every scraper reads it, Cloud Foundry's Metric Registrar included.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4

@@ -26,7 +26,7 @@ from gunicorn import util
 from gunicorn.http import wsgi
 
 from . import environ as env
-from .observe import DEADLINE, STALLED
+from .outcomes import DEADLINE, STALLED
 
 SEND_BYTES = 64 * 1024
 # Items this large are sent from where they are, not copied next to their framing.

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from .generators import Pace, paced
-from .observe import CLIENT_GONE, COMPLETE, DEADLINE, ERROR
+from .outcomes import CLIENT_GONE, COMPLETE, DEADLINE, ERROR
 
 # POLLRDHUP reports a peer's FIN even when the kernel has no data to read (Linux only).
 _HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR

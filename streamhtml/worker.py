@@ -52,7 +52,8 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from . import capacity, heads, memory, metrics, observe
 from . import environ as env
-from .observe import COMPLETE, RequestRecord, log
+from .observe import RequestRecord, log
+from .outcomes import COMPLETE
 from .response import StreamingResponse, WouldBlock, reset_on_close
 from .settings import load_settings
 from .stream import PEEK_NOW

@@ -163,7 +163,7 @@ def test_a_request_adds_to_the_metrics_as_prometheus_clients_own_calls_would():
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
     from streamhtml import metrics
-    from streamhtml.observe import CLIENT_GONE, SHUTDOWN
+    from streamhtml.outcomes import CLIENT_GONE, SHUTDOWN
 
     reference = CollectorRegistry()
 
