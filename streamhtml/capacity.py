@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .observe import log
+from .outcomes import SHUTDOWN
 
 MAX_SLOTS = 256  # workers alive at once, old and new ones included during a reload
 MAX_ROUTES = 16  # stream routes counted apart (the in-progress gauge is per route)
@@ -208,7 +209,7 @@ class Tracker:
         timer.start()
         return timer
 
-    def cut_all(self, outcome: str = "cut_by_shutdown") -> None:
+    def cut_all(self, outcome: str = SHUTDOWN) -> None:
         with self._lock:
             self._grace_over = True
             streams = [stream for stream, _, _ in self._live.values()]

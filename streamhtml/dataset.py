@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.rows <= 1_000_000_000:
         parser.error("--rows must be from 0 to 1000000000")
 
-    from .rows import connect_once, redact, take_fill_lock
+    from .db import connect_once, redact, take_fill_lock
     from .settings import SettingsError, Source, load_settings
 
     if args.sqlite:

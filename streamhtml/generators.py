@@ -151,11 +151,6 @@ def _static_view(block_size: int) -> bytes | memoryview:
     return view
 
 
-def static_block(block_size: int) -> bytes:
-    """The block `use_static_data=1` repeats: the same letters for every block of a size."""
-    return bytes(_static_view(block_size))
-
-
 def html_blocks(
     nblocks: int, block_size: int, static: bool = False, rng: random.Random | None = None
 ) -> Iterator[bytes | memoryview]:

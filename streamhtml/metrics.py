@@ -9,11 +9,7 @@ Without that variable (Flask's test client) the values live in this process.
 
 from __future__ import annotations
 
-import math
 import threading
-from bisect import bisect_left
-from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 from prometheus_client import (
     REGISTRY,
@@ -26,22 +22,18 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.values import MultiProcessValue, MutexValue
+from prometheus_client.values import MutexValue
 
 from .capacity import Tracker, db_connections
-from .observe import CLIENT_GONE, SHUTDOWN, RequestRecord, process_id
+from .observe import RequestRecord
+from .outcomes import CLIENT_GONE, SHUTDOWN
 
 # The classic text format: every scraper reads it, Cloud Foundry's Metric Registrar included.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # prometheus_client chose its value class from PROMETHEUS_MULTIPROC_DIR when it was imported.
 MULTIPROCESS = values.ValueClass is not MutexValue
-if MULTIPROCESS:
-    # The same files, one per process; the values ask for the pid at every update, to notice
-    # a fork, and this answers without a getpid() syscall (reset in each forked child).
-    values.ValueClass = MultiProcessValue(process_id)
 DURATION_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900)
-DURATION_BOUNDS = (*DURATION_BUCKETS_S, math.inf)
 QUEUE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -109,60 +101,18 @@ def _child(name: str, *labels: str):
     return child
 
 
-class _Tally(NamedTuple):
-    """The values one kind of request adds to, looked up once per kind: a request then adds
-    to them directly, not through each metric's checks and label lookup (about 5 µs a
-    request before)."""
-
-    # prometheus_client's values (each an inc()); None where a kind has no such metric.
-    requests: Any
-    streamed_bytes: Any  # these four for streams only
-    duration_sum: Any
-    duration_buckets: Sequence[Any]
-    ended: Any  # the hang-ups or cuts counter, by how the stream ended
-
-
-# Kinds of request: the app's routes and "other", three method labels, the statuses the app
-# and gunicorn answer with, six outcomes; past this many, a request looks its values up.
-MAX_TALLIES = 1024
-_tallies: dict[tuple, _Tally] = {}
-
-
-def _tally(record: RequestRecord) -> _Tally:
-    endpoint = record.route_label
-    requests = _child("requests", endpoint, record.method_label, str(record.status))._value
-    if not record.streamed:
-        return _Tally(requests, None, None, (), None)
-    duration = _child("duration", endpoint, record.outcome)
-    ended = {CLIENT_GONE: "hangups", SHUTDOWN: "cut"}.get(record.outcome)
-    return _Tally(
-        requests,
-        _child("bytes", endpoint)._value,
-        duration._sum,
-        duration._buckets,
-        _child(ended, endpoint)._value if ended else None,
-    )
-
-
 def observe_request(record: RequestRecord) -> None:
     """The metrics' observer of every request record."""
-    kind = (record.route, record.method_label, record.status, record.streamed, record.outcome)
-    tally = _tallies.get(kind)
-    if tally is None:
-        tally = _tally(record)
-        if len(_tallies) < MAX_TALLIES:
-            _tallies[kind] = tally
-    tally.requests.inc(1)
+    endpoint = record.route_label
+    _child("requests", endpoint, record.method_label, str(record.status)).inc()
     if record.queue_ms is not None:
         _metrics()["queue"].observe(max(0.0, record.queue_ms) / 1000.0)
-    if tally.duration_sum is not None:
-        seconds = record.duration_ms / 1000.0
-        tally.streamed_bytes.inc(record.bytes_sent)
-        tally.duration_sum.inc(seconds)
-        # Histogram.observe's bucket: the first whose upper bound is at or above the value.
-        tally.duration_buckets[bisect_left(DURATION_BOUNDS, seconds)].inc(1)
-        if tally.ended is not None:
-            tally.ended.inc(1)
+    if record.streamed:
+        _child("bytes", endpoint).inc(record.bytes_sent)
+        _child("duration", endpoint, record.outcome).observe(record.duration_ms / 1000.0)
+        ended = {CLIENT_GONE: "hangups", SHUTDOWN: "cut"}.get(record.outcome)
+        if ended:
+            _child(ended, endpoint).inc()
 
 
 def connection_dropped(reason: str) -> None:

@@ -18,16 +18,9 @@ from typing import NamedTuple
 from gunicorn.http import message
 
 from . import environ as env
+from .outcomes import CLIENT_GONE, COMPLETE
 
 log = logging.getLogger("streamhtml")
-
-# How a request ended: every request is logged with exactly one of these.
-COMPLETE = "complete"
-CLIENT_GONE = "client_gone"
-SHUTDOWN = "cut_by_shutdown"
-STALLED = "stalled"
-DEADLINE = "deadline"
-ERROR = "error"
 
 REQUEST_ID_HEADER = "X-Vcap-Request-Id"
 # gorouter sends a UUID; anything else a client sends is replaced, never echoed, so a request

@@ -638,7 +638,6 @@ class Measurement:
     encoding: str
     connect_s: float
     head_s: float  # from the request sent to the response head
-    wire_first_byte_s: float | None
     # What the verdict counts: body bytes (decoded when compressed with gzip or deflate), or
     # whole events or lines.
     arrivals: tuple[Arrival, ...]
@@ -713,7 +712,7 @@ def measure(
         }.get(encoding, lambda: None)()
         if decoder is None and encoding != "identity" and not body.counts_bytes:
             raise ProbeError(f"cannot read events or lines from a {encoding} body")
-        arrivals, wire_bytes, body_bytes, wire_first = [], 0, 0, None
+        arrivals, wire_bytes, body_bytes = [], 0, 0
         while True:
             try:
                 data = response.read1(65536)
@@ -725,7 +724,6 @@ def measure(
             now = time.monotonic() - sent
             if not data:
                 break
-            wire_first = now if wire_first is None else wire_first
             wire_bytes += len(data)
             try:
                 decoded = decoder.decompress(data) if decoder else data
@@ -752,7 +750,6 @@ def measure(
             encoding=encoding,
             connect_s=connected - started,
             head_s=head - sent,
-            wire_first_byte_s=wire_first,
             arrivals=tuple(arrivals),
             wire_bytes=wire_bytes,
             body_bytes=body_bytes,

@@ -31,7 +31,7 @@ from gunicorn import util
 from gunicorn.http import wsgi
 
 from . import environ as env
-from .observe import COMPLETE, DEADLINE, ERROR, STALLED
+from .outcomes import COMPLETE, DEADLINE, ERROR, STALLED
 from .sendfile import file_range
 
 SEND_BYTES = 64 * 1024

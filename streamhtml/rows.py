@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import logging
@@ -23,7 +22,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +31,7 @@ from typing import Any
 
 from . import capacity
 from .dataset import COLUMNS, TABLE
+from .db import pem_files, redact
 from .settings import Limits, Source
 from .stream import StreamFailed
 
@@ -68,13 +67,6 @@ class SourceError(StreamFailed):
         super().__init__(cause)
         self.kind = kind  # a short label for metrics: unavailable, busy, timeout, failed, filling
         self.retry_after_s = retry_after_s
-
-
-def redact(text: str, source: Source) -> str:
-    """`text` with the source's user and password taken out."""
-    for secret in source.secrets():
-        text = text.replace(secret, "***")
-    return text
 
 
 @dataclass
@@ -205,35 +197,12 @@ class SqliteSource:
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
-def _pem_files(source: Source) -> dict[str, str]:
-    """Write PEM material from the binding's credentials to private files libpq can read."""
-    if not source.pem:
-        return {}
-    directory = tempfile.mkdtemp(prefix="streamhtml-pg-tls-")
-    paths = {}
-    for key, text in source.pem:
-        path = os.path.join(directory, key + ".pem")
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as pem:
-            pem.write(text)
-        paths[key] = path
-    return paths
-
-
 # Exports only read, in UTC, with ISO dates: one round trip when a connection is made.
 SESSION_SETTINGS = (
     "SELECT set_config('statement_timeout', %s, false), "
     "set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO', false), "
     "set_config('default_transaction_read_only', 'on', false)"
 )
-
-
-def connect_once(source: Source):
-    """One psycopg connection to the source, outside any pool (the dataset command)."""
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
-    return psycopg.connect(make_conninfo(source.url, **_pem_files(source)), autocommit=True)
 
 
 class PostgresSource:
@@ -299,7 +268,7 @@ class PostgresSource:
                 "autocommit": True,
                 "application_name": "streamhtml",
                 "connect_timeout": max(1, int(self.pool_timeout_s)),
-                **_pem_files(self.source),
+                **pem_files(self.source),
             },
             min_size=1,
             max_size=self.pool_size,
@@ -448,14 +417,3 @@ def export(
         # Wide rows make smaller pages: a page stays near PAGE_BYTES, whatever the table.
         page_bytes = sum(map(len, page.chunks)) or 1
         rows_next = max(1, min(page_rows, page.rows * PAGE_BYTES // page_bytes))
-
-
-def take_fill_lock(path: str):
-    """The lock one maker of the embedded dataset holds; None when another holds it."""
-    lock = open(path + ".lock", "a")  # noqa: SIM115 - held until the process ends
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return None
-    return lock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import select
 import socket
 import threading
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from .generators import Pace, paced
-from .observe import CLIENT_GONE, COMPLETE, DEADLINE, ERROR, log
+from .outcomes import CLIENT_GONE, COMPLETE, DEADLINE, ERROR
 
 # POLLRDHUP reports a peer's FIN even when the kernel has no data to read (Linux only).
 _HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
@@ -154,6 +155,7 @@ class HangupWatch:
 
 
 _hangups = HangupWatch()
+log = logging.getLogger("streamhtml")
 
 
 class Turns:

@@ -53,7 +53,8 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from . import capacity, heads, memory, metrics, observe
 from . import environ as env
-from .observe import COMPLETE, RequestRecord, log
+from .observe import RequestRecord, log
+from .outcomes import COMPLETE
 from .response import StreamingResponse, WouldBlock, reset_on_close
 from .sendfile import FileBody
 from .settings import load_settings
@@ -444,6 +445,8 @@ class StreamingWorker(ThreadWorker):
         try:
             try:
                 resp.flush()  # what the main loop could not send, if anything
+                # As gthread's write_file, and for a Range of a file too (Werkzeug wraps it):
+                # a file body goes out by sendfile when it can (StreamingResponse.sendfile).
                 if not resp.sendfile(respiter):
                     resp.write_items(body)
                 resp.close()

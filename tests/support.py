@@ -166,6 +166,14 @@ class RawResponse:
         return found[0] if found else None
 
 
+def static_block(block_size: int) -> bytes:
+    """The block `use_static_data=1` repeats, as the app makes it: the same letters for
+    every block of a size."""
+    from streamhtml.generators import html_blocks
+
+    return bytes(next(html_blocks(1, block_size, static=True)))
+
+
 def send_request(sock: socket.socket, path: str, method: str = "GET", headers=None, version="1.1"):
     headers = {"Host": "127.0.0.1", **(headers or {})}
     lines = [f"{method} {path} HTTP/{version}"]
@@ -224,3 +232,72 @@ def request(
         send_request(sock, path, method, headers, version)
         with sock.makefile("rb") as reader:
             return read_body(reader, read_head(reader), method)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of /metrics by its name and labels, as written."""
+    reply = request(port, "/metrics")
+    assert reply.status == 200
+    assert reply.header("Content-Type").startswith("text/plain; version=0.0.4")
+    samples = {}
+    for line in reply.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def wait_for_samples(port: int, until, timeout_s: float = 10.0) -> dict[str, float]:
+    """Scrape /metrics until `until(samples)` holds; return those samples. A request is
+    counted once its last byte is handed over, so a scrape may come before the count."""
+    deadline = time.monotonic() + timeout_s
+    while not until(samples := scrape(port)):
+        assert time.monotonic() < deadline, f"gave up waiting; /metrics shows {samples}"
+        time.sleep(0.05)
+    return samples
+
+
+# Loaded by every Python process started with collector_watch_env() (gunicorn's master, and
+# so its forked workers): each collection that frees objects appends "pid freed" to a file.
+# Objects a collection frees were in reference cycles: nothing else reaches the collector.
+COLLECTOR_WATCH = """\
+import gc
+import os
+
+_log = os.environ.get("STREAMHTML_TEST_COLLECTOR_LOG")
+
+
+def _note(phase, info):
+    if phase == "stop" and info["collected"]:
+        fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, b"%d %d\\n" % (os.getpid(), info["collected"]))
+        finally:
+            os.close(fd)
+
+
+if _log:
+    gc.callbacks.append(_note)
+"""
+
+
+def collector_watch_env(directory: Path) -> dict:
+    """Environment for a Server whose processes note what their garbage collector frees
+    (read it back with freed_by_collector)."""
+    (directory / "sitecustomize.py").write_text(COLLECTOR_WATCH)
+    return {
+        "PYTHONPATH": str(directory),
+        "STREAMHTML_TEST_COLLECTOR_LOG": str(directory / "collected.log"),
+    }
+
+
+def freed_by_collector(env: dict, pid: int) -> int:
+    """Objects the garbage collector of process `pid` has freed so far."""
+    log = Path(env["STREAMHTML_TEST_COLLECTOR_LOG"])
+    if not log.exists():
+        return 0
+    freed = 0
+    for line in log.read_text().splitlines():
+        noted_pid, count = map(int, line.split())
+        freed += count if noted_pid == pid else 0
+    return freed

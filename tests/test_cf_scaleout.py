@@ -25,9 +25,7 @@ from pathlib import Path
 import pytest
 from cf_support import cf_environment, manifest_app
 from nginx_support import Nginx, ScriptedUpstream, closed_first_by, gorouter_like
-from support import Server, read_body, read_head, request, send_request
-
-from streamhtml.generators import static_block
+from support import Server, read_body, read_head, request, send_request, static_block
 
 
 def start_instances(root: Path, count: int = 2, env: dict | None = None) -> list[Server]:

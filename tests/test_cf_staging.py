@@ -65,9 +65,7 @@ from cf_support import (
     upload_files,
 )
 from packaging.utils import canonicalize_name
-from support import free_port, procfile_command, request
-
-from streamhtml.generators import static_block
+from support import free_port, procfile_command, request, static_block
 
 # --- what the buildpack's detect and release steps read, checked on the upload ---
 

@@ -19,7 +19,7 @@ import pytest
 from support import REPO, Server, read_body, read_head, request, send_request
 
 from streamhtml.dataset import COLUMNS, DatasetExists, dataset_rows, fill_sqlite
-from streamhtml.rows import redact
+from streamhtml.db import redact
 from streamhtml.settings import (
     Limits,
     SettingsError,

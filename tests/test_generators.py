@@ -23,7 +23,6 @@ from streamhtml.generators import (
     sse_events,
     sse_retry,
     sse_retry_ms,
-    static_block,
 )
 
 
@@ -186,7 +185,8 @@ def test_consecutive_sse_events_carry_different_letters_unless_static():
     random_data = [SSE_EVENT.fullmatch(event)[2] for event in sse_events(500, 64)]
     assert all(first != second for first, second in zip(random_data, random_data[1:]))
     static_data = {SSE_EVENT.fullmatch(event)[2] for event in sse_events(50, 64, static=True)}
-    assert static_data == {static_block(69)[:64]}
+    (block,) = html_blocks(1, 69, static=True)  # an event's data: a block's letters
+    assert static_data == {bytes(block[:64])}
 
 
 @pytest.mark.parametrize(

@@ -4,24 +4,13 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from support import read_chunk, read_head, request, send_request
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of /metrics by its name and labels, as written."""
-    reply = request(port, "/metrics")
-    assert reply.status == 200
-    assert reply.header("Content-Type").startswith("text/plain; version=0.0.4")
-    samples = {}
-    for line in reply.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
-
+import pytest
+from support import read_chunk, read_head, request, scrape, send_request, wait_for_samples
 
 PACED = "/streamhtml?nblocks=4&block_size=100&sleep_ms=100"
 STREAM_OK = 'streamhtml_requests_total{endpoint="/streamhtml",method="GET",status="200"}'
@@ -112,10 +101,7 @@ def test_requests_are_counted_with_the_request_log_off(start_server):
     server = start_server({"LOG_REQUESTS": "off"})
     for _ in range(3):
         request(server.port, "/streamhtml?nblocks=2&block_size=10")
-    # A stream is counted once its last byte is handed over, so a scrape may come first.
-    deadline = time.monotonic() + 5
-    while (samples := scrape(server.port)).get(STREAM_OK, 0) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    samples = wait_for_samples(server.port, lambda samples: samples.get(STREAM_OK, 0) >= 3)
     assert samples[STREAM_OK] == 3
     assert samples[BYTES] == 3 * 20
     assert not server.requests_logged(), "LOG_REQUESTS=off still wrote request lines"
@@ -172,12 +158,12 @@ def samples_of(registry) -> dict:
 
 
 def test_a_request_adds_to_the_metrics_as_prometheus_clients_own_calls_would():
-    """metrics.observe_request adds to prometheus_client's values directly; here the same
-    records go through the metrics' own inc() and observe() in a registry of their own."""
+    """The same records through metrics.observe_request and through the metrics' own inc()
+    and observe() in a registry of their own: the same samples, route, status and outcome."""
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
     from streamhtml import metrics
-    from streamhtml.observe import CLIENT_GONE, SHUTDOWN
+    from streamhtml.outcomes import CLIENT_GONE, SHUTDOWN
 
     reference = CollectorRegistry()
 
@@ -219,3 +205,21 @@ def test_a_request_adds_to_the_metrics_as_prometheus_clients_own_calls_would():
     assert {key: value for key, value in added.items() if value} == {
         key: value for key, value in expected.items() if value
     }
+
+
+@pytest.mark.parametrize("multiprocess", [True, False], ids=["PROMETHEUS_MULTIPROC_DIR", "none"])
+def test_the_metrics_keep_files_exactly_when_prometheus_client_chose_to(tmp_path, multiprocess):
+    # metrics.MULTIPROCESS reads which value class prometheus_client chose when it was
+    # imported (values.ValueClass): one that keeps files with PROMETHEUS_MULTIPROC_DIR set.
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    code = (
+        "from streamhtml import metrics; metrics.connection_dropped('x'); "
+        "print(metrics.MULTIPROCESS)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == [str(multiprocess)]
+    assert bool(list(tmp_path.glob("counter_*.db"))) is multiprocess

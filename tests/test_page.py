@@ -35,6 +35,17 @@ document.addEventListener("securitypolicyviolation", (event) => {
 });
 """
 
+# Every EventSource the page makes, kept where a test can ask its readyState.
+RECORD_EVENT_SOURCES = """
+window.eventSourcesMade = [];
+window.EventSource = class extends window.EventSource {
+  constructor(...args) {
+    super(...args);
+    window.eventSourcesMade.push(this);
+  }
+};
+"""
+
 # The colour the chart draws received bytes in (page.js COLORS.received, #0b5cad).
 COUNT_RECEIVED_PIXELS = """
 () => {
@@ -96,6 +107,7 @@ def page(browser):
     )
     page.on("pageerror", lambda error: page.troubles.append(f"uncaught: {error}"))
     page.add_init_script(RECORD_CSP_VIOLATIONS)
+    page.add_init_script(RECORD_EVENT_SOURCES)
     yield page
     context.close()
 
@@ -203,9 +215,13 @@ def test_a_direct_sse_stream_is_counted_in_events_and_the_page_says_it_streams(
     page.screenshot(path=screenshot, clip=clip, full_page=True)
     assert screenshot.stat().st_size > 10_000
 
-    # The service ended the stream after event 8; the page closed its EventSource at once,
-    # so it never reconnects (its retry is 1 s).
-    time.sleep(1.5)
+    # The service ended the stream after event 8, and the page closed its EventSource: a
+    # closed EventSource never reconnects (an open one would, after its retry of 1 s).
+    page.wait_for_function(
+        "() => window.eventSourcesMade.length === 1"
+        " && window.eventSourcesMade[0].readyState === EventSource.CLOSED",
+        timeout=5000,
+    )
     assert len(requests_to(page, "/sse")) == 1, page.requested
     assert_no_troubles(page)
 

@@ -17,9 +17,7 @@ import zlib
 
 import pytest
 from nginx_support import Nginx, ScriptedUpstream, gorouter_like, request_header
-from support import request
-
-from streamhtml.generators import static_block
+from support import request, static_block
 
 PACED = "/streamhtml?nblocks=6&block_size=2000&sleep_ms=400"  # 2 s from first block to last
 

@@ -191,7 +191,7 @@ def test_a_hundred_hang_ups_leak_no_threads_or_memory(start_server):
 
     for _ in range(10):  # warm up: the thread pool and block rings are made once
         hang_up("/streamhtml?nblocks=100000&block_size=1024")
-    time.sleep(0.5)
+    server.wait_for_request(outcome="client_gone", count=10)
     threads_before, rss_before = thread_count(worker), rss_kib(worker)
     for number in range(100):
         # Half hang up during a pause; half while the server writes as fast as it can, with
@@ -220,7 +220,7 @@ def test_sigterm_finishes_short_streams_cuts_long_ones_and_exits_before_sigkill(
     server = start_server()
     short = open_stream(server.port, "/streamhtml?nblocks=5&block_size=100&sleep_ms=500")
     long = open_stream(server.port, "/streamhtml?nblocks=100&block_size=100&sleep_ms=500")
-    time.sleep(0.3)
+    # Both heads are read: both streams are admitted and under way.
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     short_chunks, short_cut = read_until_cut(short[1])

@@ -5,7 +5,7 @@ to end is checked in process, including the rare ones (a generator failing mid-s
 import pytest
 
 from streamhtml.generators import Pace
-from streamhtml.observe import CLIENT_GONE, COMPLETE, DEADLINE, ERROR, STALLED
+from streamhtml.outcomes import CLIENT_GONE, COMPLETE, DEADLINE, ERROR, STALLED
 from streamhtml.stream import LiveStream, Turns
 
 

@@ -9,10 +9,12 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from bad_input import BAD_NUMBERS
+from nginx_support import socket_inodes, tcp_table
 from support import read_body, read_chunk, read_head, request, send_request
 
 STREAM_HEADERS = {
@@ -87,6 +89,20 @@ def test_streams_follow_one_another_on_a_kept_alive_connection(server):
             assert [len(chunk) for chunk in reply.chunks] == [block_size] * nblocks
 
 
+def idle(pid: int) -> bool:
+    """Whether the process's main thread (a worker's main loop) is asleep, waiting."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "S"
+
+
+def connections_held(pids: list[int], port: int) -> int:
+    """Connections to `port` (the listener aside) that the processes `pids` hold open."""
+    inodes = set().union(*(socket_inodes(pid) for pid in pids))
+    return sum(
+        1 for local, remote, _, inode in tcp_table() if local == port and remote and inode in inodes
+    )
+
+
 def test_a_burst_of_kept_alive_connections_is_shared_by_both_workers(server):
     # Both workers race for every connection; the first awake used to take a whole burst,
     # and a client's keep-alive connections then all ran on one core for their whole life.
@@ -109,9 +125,16 @@ def test_a_burst_of_kept_alive_connections_is_shared_by_both_workers(server):
     deadline = time.monotonic() + 10
     while len(set(pids_answering(2))) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
+    workers = server.worker_pids()
     shared = 0
     for _ in range(5):
-        time.sleep(0.2)  # the connections just closed are no longer counted
+        # Each worker says how many connections it holds, and the others leave a burst to the
+        # one holding fewest: the last burst's connections must be closed and counted out,
+        # and each worker back to waiting for the next.
+        wait_until(
+            lambda: not connections_held(workers, server.port) and all(map(idle, workers)),
+            "the workers are idle, holding none of the last burst's connections",
+        )
         counts = sorted(collections.Counter(pids_answering(10)).values())
         shared += len(counts) == 2 and counts[0] >= 3
     assert shared >= 3, "most bursts of 10 are split at least 3 to 7"
@@ -264,9 +287,14 @@ def test_each_request_is_one_json_line_with_its_outcome_bytes_and_whole_ms(start
 
 def test_cloud_foundrys_gunicorn_cmd_args_keep_one_json_line_per_request(start_server):
     server = start_server({"GUNICORN_CMD_ARGS": "--access-logfile -"})
-    request(server.port, "/streamhtml?nblocks=1")
-    server.wait_for_request(path="/streamhtml")
-    time.sleep(0.2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        for path in ("/streamhtml?nblocks=1", "/health"):
+            send_request(sock, path)
+            read_body(reader, read_head(reader), "GET")
+    # A connection's requests are answered, and logged, one after another: once the second
+    # is logged, every line the first will ever have is written.
+    server.wait_for_request(path="/health")
     assert len(server.requests_logged(path="/streamhtml")) == 1
     assert all(line.startswith("{") for line in server.log().splitlines()), server.log()
 
@@ -328,6 +356,25 @@ def test_the_samples_ab_load_tests_have_no_failures(server, flags, query, reques
     assert re.search(r"Non-2xx responses", out) is None, out
 
 
+def server_end_queues(server_port: int, client_port: int) -> tuple[int, int]:
+    """Bytes the server's end of one loopback connection has not sent yet, and has not read
+    yet (/proc/net/tcp); (0, 0) once it is gone."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+        if (local, remote) == (server_port, client_port):
+            unsent, unread = fields[4].split(":")
+            return int(unsent, 16), int(unread, 16)
+    return 0, 0
+
+
+def wait_until(condition, what: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting until {what}"
+        time.sleep(0.01)
+
+
 def test_pipelined_answers_the_socket_cannot_take_at_once_all_arrive_whole(server):
     # Brief answers are sent from the main loop, which never waits for a socket: once the
     # client's unread answers fill the socket, the rest is handed to a pool thread.
@@ -336,7 +383,11 @@ def test_pipelined_answers_the_socket_cannot_take_at_once_all_arrive_whole(serve
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         for _ in range(12):
             send_request(sock, path)
-        time.sleep(0.5)  # nothing read yet: well over 256 KiB of answers are waiting
+        client_port = sock.getsockname()[1]
+        wait_until(  # nothing read yet: the answers fill the client's window and wait
+            lambda: server_end_queues(server.port, client_port)[0] > 0,
+            "answers wait in the server's socket",
+        )
         reader = sock.makefile("rb")
         for _ in range(12):
             reply = read_body(reader, read_head(reader), "GET")
@@ -373,9 +424,16 @@ def test_the_last_answer_arrives_whole_however_the_client_goes_on_sending(server
         sock.settimeout(10)
         sock.connect(("127.0.0.1", server.port))
         sock.sendall(first)
-        time.sleep(0.3)
+        client_port = sock.getsockname()[1]
+        wait_until(
+            lambda: server_end_queues(server.port, client_port)[0] > 0,
+            "the answer is on its way, past what the client's window takes",
+        )
         sock.sendall(then)
-        time.sleep(0.1)
+        wait_until(  # the server has them, unread, when it comes to close
+            lambda: server_end_queues(server.port, client_port)[1] >= len(then),
+            "the server's socket holds what the client sent after",
+        )
         received = bytearray()
         while data := sock.recv(65536):  # a reset raises ConnectionResetError here
             received += data
