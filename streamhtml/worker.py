@@ -52,7 +52,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from . import capacity, heads, memory, metrics, observe
 from . import environ as env
-from .observe import COMPLETE, RequestRecord, log
+from .observe import CLIENT_GONE, COMPLETE, RequestRecord, log
 from .response import StreamingResponse, WouldBlock, reset_on_close
 from .settings import load_settings
 from .stream import PEEK_NOW
@@ -446,7 +446,9 @@ class StreamingWorker(ThreadWorker):
         if resp.should_close():
             self.log.debug("Closing connection.")
             return False
-        return True
+        stream = env.stream_of(environ)
+        # A stream that saw its client hang up leaves nobody to answer what it had pipelined.
+        return stream is None or stream.outcome != CLIENT_GONE
 
     def end_started_response(self, resp, conn: Connection, inline: bool) -> None:
         """As gthread: a response already started cannot take a 500; the connection closes

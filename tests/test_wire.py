@@ -236,6 +236,25 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_stream(start_server):
     assert request(server.port, "/streamhtml?nblocks=2").status == 200
 
 
+@pytest.mark.parametrize("left_behind", [b"G", b"GET / HTTP/1.1\r\n\r\n"])
+def test_a_client_that_leaves_unread_bytes_behind_when_it_hangs_up_frees_its_slot_at_once(
+    start_server, left_behind
+):
+    server = start_server()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        send_request(sock, "/streamhtml?nblocks=3&block_size=64&sleep_ms=2000")
+        reader = sock.makefile("rb")
+        assert read_head(reader).status == 200
+        assert len(read_chunk(reader)) == 64
+        sock.sendall(left_behind)  # a pipelined byte or request: not a sign of presence
+        time.sleep(0.1)  # it reaches the server before the hang-up
+        hung_up = time.monotonic()
+        reader.close()
+    (line,) = server.wait_for_request(outcome="client_gone")
+    assert time.monotonic() - hung_up < 1.0
+    assert json.loads(request(server.port, "/health").body)["streams_in_progress"] == 0
+
+
 def test_a_stream_longer_than_the_worker_timeout_completes(start_server):
     server = start_server({"GUNICORN_TIMEOUT": "2"})
     reply = request(server.port, "/streamhtml?nblocks=9&block_size=128&sleep_ms=500")
