@@ -94,6 +94,27 @@ def stream_base_bytes(limits: Limits) -> int:
     return STREAM_RSS_BYTES + (2 * limits.send_buffer_bytes or AUTOTUNED_SEND_BUFFER_BYTES)
 
 
+# Beyond its body, what a stream's socket may be asked to hold: the response head, the SSE
+# heartbeats of its longest life, and each item's chunk framing (a hex size and two CRLFs).
+STREAM_EXTRA_BYTES = 4096
+CHUNK_FRAMING_BYTES = 12
+
+
+def stream_charge_bytes(
+    limits: Limits, held_bytes: int, most_bytes: int | None = None, items: int | None = None
+) -> int:
+    """What one stream is charged against the memory budget: what it keeps in the process
+    (STREAM_RSS_BYTES and `held_bytes`), and in the kernel the smaller of its send buffer and
+    all it has left to send, doubled as the kernel doubles SO_SNDBUF for its bookkeeping. A
+    stream of 512 bytes was charged a whole send buffer (320 KiB), and 408 such paced streams
+    filled a 256M instance's budget under a cap of 500. `items` unknown: each may be a byte."""
+    socket_bytes = 2 * limits.send_buffer_bytes or AUTOTUNED_SEND_BUFFER_BYTES
+    if most_bytes is not None:
+        framing = CHUNK_FRAMING_BYTES * (most_bytes if items is None else items)
+        socket_bytes = min(socket_bytes, 2 * (STREAM_EXTRA_BYTES + most_bytes + framing))
+    return STREAM_RSS_BYTES + socket_bytes + held_bytes
+
+
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -260,7 +281,13 @@ def stream(
     )
     streams = extensions["streamhtml.tracker"]
     route = env.route_of(environ) or request.path
-    refused = streams.admit(live, route, stream_base_bytes(limits) + held_bytes)
+    charge = stream_charge_bytes(
+        limits,
+        held_bytes,
+        None if most_bytes is None else most_bytes + len(preamble),
+        None if pace is None else pace.items,
+    )
+    refused = streams.admit(live, route, charge)
     if refused:
         live.close()
         return over_capacity(refused)

@@ -142,6 +142,17 @@ def connections(port: int, count: int, send: bytes = b"", rcvbuf: int | None = N
             sock.close()
 
 
+def read_status(sock: socket.socket) -> int:
+    """The status of the answer a connection is getting (0 if none came), its head read."""
+    head = b""
+    try:
+        while b"\r\n" not in head and (chunk := sock.recv(4096)):
+            head += chunk
+        return int(head.split(b" ", 2)[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def stalled_readers(port: int, count: int, path: str):
     """Clients that ask for a stream with a tiny receive window and never read it."""
     request = f"GET {path} HTTP/1.1\r\nHost: siege\r\n\r\n".encode()

@@ -42,3 +42,13 @@ def test_the_instance_stays_healthy_and_within_its_quota(start_server, attack):
         assert time.monotonic() < deadline, "memory did not come back after the attack"
         time.sleep(0.2)
     assert "Traceback" not in server.log()
+
+
+def test_499_small_paced_streams_run_together_at_a_256m_quota(start_server):
+    server = start_server({"MEMORY_LIMIT": "256m"})
+    path = "/streamhtml?nblocks=2&block_size=256&sleep_ms=3000"
+    with siege.connections(
+        server.port, 499, f"GET {path} HTTP/1.1\r\nHost: s\r\n\r\n".encode()
+    ) as held:
+        statuses = [siege.read_status(sock) for sock in held]
+        assert statuses.count(200) == 499, {s: statuses.count(s) for s in set(statuses)}
