@@ -25,7 +25,10 @@ _BYTES_COLUMN = MAX_ROUTES  # after the per-route counts: the bytes this worker'
 # 1 + the connections the worker holds, while it accepts more; 0 while it does not (a slot
 # cleared by the master reads as a worker that does not accept).
 _CONNECTIONS_COLUMN = MAX_ROUTES + 1
-_COLUMNS = MAX_ROUTES + 2
+# The kernel bytes that answers idle clients left unread hold (streamhtml/answers.py): they
+# count against the memory budget as streams' bytes do.
+_UNREAD_COLUMN = MAX_ROUTES + 2
+_COLUMNS = MAX_ROUTES + 3
 # After the slots, one cell: how many slots from the first have ever been given out, so a sum
 # reads those only (two workers: two slots, not 256; /health and every admission sum).
 _SLOTS_USED = MAX_SLOTS * _COLUMNS
@@ -131,7 +134,8 @@ class Tracker:
         )
 
     def held_bytes(self) -> int:
-        return self._instance_sum(_BYTES_COLUMN)
+        """What streams and unread answers hold on the instance, against the memory budget."""
+        return self._instance_sum(_BYTES_COLUMN) + unread_answer_bytes()
 
     def admit(self, stream: Cuttable, route: str, cost_bytes: int) -> str | None:
         """Count `stream` in; None when admitted, else why it was refused."""
@@ -213,6 +217,31 @@ def publish_connections(held: int | None) -> None:
     """This worker holds `held` connections and accepts more; None: it accepts none now."""
     if _worker_slot is not None:
         _page[_worker_slot * _COLUMNS + _CONNECTIONS_COLUMN] = 0 if held is None else held + 1
+
+
+def publish_unread_bytes(held: int) -> None:
+    """The kernel bytes this worker's idle connections hold in answers left unread."""
+    if _worker_slot is not None:
+        _page[_worker_slot * _COLUMNS + _UNREAD_COLUMN] = held
+    else:
+        _unread_here[0] = held
+
+
+_unread_here = [0]  # without a slot (one process, tests): this process's own
+
+
+def unread_answer_bytes() -> int:
+    """What unread answers hold on the whole instance."""
+    if _worker_slot is None:
+        return _unread_here[0]
+    return sum(_every_slot(_UNREAD_COLUMN))
+
+
+def held_bytes_of_instance() -> int:
+    """What streams and unread answers hold on the instance (a Tracker's held_bytes())."""
+    if _process_tracker is not None:
+        return _process_tracker.held_bytes()
+    return unread_answer_bytes()
 
 
 def fewest_connections_elsewhere() -> int | None:

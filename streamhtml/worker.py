@@ -50,7 +50,7 @@ from gunicorn import http, util
 from gunicorn.http import message, wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from . import capacity, heads, memory, metrics, observe
+from . import answers, capacity, heads, memory, metrics, observe
 from . import environ as env
 from .observe import CLIENT_GONE, COMPLETE, RequestRecord, log
 from .response import StreamingResponse, WouldBlock, reset_on_close
@@ -78,6 +78,8 @@ ACCEPT_YIELD_S = 0.001
 GIL_SWITCH_INTERVAL_S = 0.001
 # How often the worker may hand freed memory back (memory.trim) once streams have ended.
 TRIM_EVERY_S = 10.0
+# How often the worker measures again what idle clients left unread (answers.UnreadAnswers).
+UNREAD_SWEEP_S = 1.0
 # How often the worker says how many connections it dropped, at most.
 DROP_REPORT_S = 10.0
 # Pipelined requests answered on the main loop in one go; a pool thread takes any after them.
@@ -259,6 +261,12 @@ class StreamingWorker(ThreadWorker):
         self.notified_at = self.parent_checked_at = self.swept_at = 0.0
         self.addresses: dict = {}  # each listener's own address, asked once
         self.on_pool = 0  # connections a pool thread is serving
+        self.waiting_answers = answers.WaitingAnswers(
+            limits.max_waiting_answers, float(limits.answer_timeout_s)
+        )
+        self.unread = answers.UnreadAnswers(capacity.publish_unread_bytes)
+        self.memory_budget_bytes = load_settings().stream_memory_budget_bytes
+        self.unread_swept_at = 0.0
 
     def init_process(self):
         # gthread builds every HTTP/1 response through wsgi.create(); in this worker process
@@ -297,12 +305,14 @@ class StreamingWorker(ThreadWorker):
             unreader.unread(buffered)
             if not 0 < _head_length(buffered) <= self.max_head_bytes:
                 break  # gthread's finish_request hands it to enqueue_req: judged there
+            if self.on_pool >= BUSY_POOL and not answers.is_health(buffered):
+                break  # the pool takes it, through enqueue_req and dispatch
             conn.whole_head = buffered
             conn.received_at_s = time.time()
         else:
             self.to_pool(conn)  # more pipelined requests: a pool thread takes them
             return
-        super().finish_request(conn, _Settled(keepalive))
+        self.settle(conn, _Settled(keepalive))
 
     def answer_one(self, conn: Connection) -> object:
         """One request, as gthread's handle() would serve it: keep-alive or not, or HandOff
@@ -365,7 +375,34 @@ class StreamingWorker(ThreadWorker):
     def finish_request(self, conn, fs):
         # Every request that went to the pool comes back here, on the main loop.
         self.on_pool -= 1
+        self.settle(conn, fs)
+
+    def settle(self, conn, fs) -> None:
+        """gthread's finish_request; a connection it keeps idle is measured for what its
+        client left unread."""
         super().finish_request(conn, fs)
+        kept = self.keepalived_conns
+        if kept and kept[-1] is conn and self.memory_budget_bytes is not None:
+            self.unread.note(conn)
+            self.evict_unread()
+
+    def evict_unread(self) -> None:
+        """Reset idle connections whose clients left answers unread, oldest first, while
+        those hold more than their share of the memory budget, or the budget is full."""
+        budget = self.memory_budget_bytes
+        if budget is None or not self.unread.held:
+            return
+        while (conn := self.unread.oldest()) is not None and (
+            capacity.unread_answer_bytes() > budget // answers.UNREAD_SHARE
+            or capacity.held_bytes_of_instance() > budget
+        ):
+            self.unread.forget(conn)
+            with contextlib.suppress(ValueError):
+                self.keepalived_conns.remove(conn)
+                self.unregister(conn)
+                self.nr_conns -= 1
+                answers.reset(conn.sock)
+                self.count_drop("unread_answers")
 
     def hand_off(self, conn: Connection, req, rest) -> None:
         """A pool thread runs `rest` (which returns keep-alive), with handle()'s error cover;
@@ -407,18 +444,25 @@ class StreamingWorker(ThreadWorker):
             respiter = self.wsgi(environ, resp.start_response)
             body = iter(respiter)
             rest = partial(self.send_body, req, conn, resp, environ, respiter, body, request_start)
-            if not inline:
-                return rest()
             stream = env.stream_of(environ)
             if stream is not None and not env.brief(environ):
+                if not inline:
+                    return rest()
                 raise HandOff(rest)  # a live stream may pause or wait for a turn
+            # An answer made at once: sent without waiting, on either thread. Only if the
+            # client has not taken it may it wait, on a pool thread, capped and with a deadline
+            # of its own (answers.WaitingAnswers).
             resp.inline = True
-            resp._timeout_s = 0.0  # the socket is non-blocking here
+            if inline:
+                resp._timeout_s = 0.0  # the socket is non-blocking here
             try:
                 return rest()
             except WouldBlock:
                 resp.inline = False
-                raise HandOff(rest) from None
+                waiting = self.waiting_answers.take(resp, rest)
+                if waiting is None or not inline:
+                    return (waiting or rest)()  # None: no place to wait, cut at its first send
+                raise HandOff(waiting) from None
         except (OSError, HandOff, StopIteration):
             raise
         except (Exception, SystemExit):
@@ -573,6 +617,7 @@ class StreamingWorker(ThreadWorker):
     def enqueue_req(self, conn):
         # gthread calls this for a kept-alive connection that became readable and for one
         # whose buffer already holds the start of its next request (pipelining).
+        self.unread.forget(conn)
         if not self.reads_heads or not isinstance(conn, Connection):
             return self.to_pool(conn)
         if conn.parser is not None:
@@ -627,7 +672,8 @@ class StreamingWorker(ThreadWorker):
         conn.parser.unreader.unread(conn.whole_head)
         conn.head = bytearray()
         conn.received_at_s = time.time()
-        if self.on_pool >= BUSY_POOL:
+        if self.on_pool >= BUSY_POOL and not answers.is_health(conn.whole_head):
+            # /health is answered here whatever the pool holds: it never queues behind it.
             self.to_pool(conn)
         else:
             self.answer(conn)
@@ -696,6 +742,10 @@ class StreamingWorker(ThreadWorker):
             self.finish_linger(conn)
         self.report_drops(now)
         self.trim_after_streams_end(now)
+        if self.unread.held and now - self.unread_swept_at >= UNREAD_SWEEP_S:
+            self.unread_swept_at = now
+            self.unread.sweep()
+            self.evict_unread()
 
     def trim_after_streams_end(self, now: float) -> None:
         # Streams that end leave freed memory inside malloc's arenas; after a burst of
