@@ -28,6 +28,9 @@ _HEALTH_HEADS = (b"GET /health ", b"GET /health?", b"HEAD /health ", b"HEAD /hea
 UNREAD_SHARE = 4
 # The kernel charges a socket more than the bytes it queues (SO_SNDBUF is doubled for it).
 KERNEL_BYTES_PER_BYTE = 2
+# A connection holding this much unread (as charged) has answers backed up: its next answer
+# would wait for the client as one the socket cannot take does, and needs a place to wait.
+BACKLOG_BYTES = 128 * 1024
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees at once
 
 
@@ -64,6 +67,9 @@ class WaitingAnswers:
 
         return rest_then_free
 
+    def full(self) -> bool:
+        return self.count >= self.most
+
 
 def unsent_bytes(sock: socket.socket) -> int:
     """Bytes the kernel still holds to send on `sock` (SIOCOUTQ); 0 once it is closed."""
@@ -85,25 +91,34 @@ def reset(sock: socket.socket) -> None:
 
 
 class UnreadAnswers:
-    """Idle connections of one worker whose clients left answers unread, oldest first, with
-    what the kernel holds for each; published for the instance's memory budget (capacity)."""
+    """The connections of one worker whose clients left answers unread, with what the kernel
+    holds for each, and which of them are idle (kept alive, no request being served), oldest
+    first; the total is published for the instance's memory budget (capacity)."""
 
     def __init__(self, publish: Callable[[int], None]):
         self.held: dict[object, int] = {}
+        self.idle: dict[object, None] = {}
         self.held_bytes = 0
         self._publish = publish
 
-    def note(self, conn) -> int:
-        """Measure an idle connection; the kernel bytes this worker's unread answers hold."""
+    def note(self, conn, idle: bool = False) -> int:
+        """Measure a connection; what it holds (0: nothing unread, and it is forgotten)."""
         held = unsent_bytes(conn.sock) * KERNEL_BYTES_PER_BYTE
-        self.held_bytes -= self.held.pop(conn, 0)
+        self.held_bytes += held - self.held.pop(conn, 0)
+        self.idle.pop(conn, None)
         if held:
             self.held[conn] = held
-            self.held_bytes += held
+            if idle:
+                self.idle[conn] = None
         self._publish(self.held_bytes)
-        return self.held_bytes
+        return held
+
+    def busy(self, conn) -> None:
+        """`conn` is being served: it is no longer idle, and no longer to be evicted."""
+        self.idle.pop(conn, None)
 
     def forget(self, conn) -> None:
+        self.idle.pop(conn, None)
         before = self.held.pop(conn, None)
         if before is not None:
             self.held_bytes -= before
@@ -112,7 +127,7 @@ class UnreadAnswers:
     def sweep(self) -> None:
         """Measure every connection again: clients read, or left, since."""
         for conn in list(self.held):
-            self.note(conn)
+            self.note(conn, conn in self.idle)
 
-    def oldest(self):
-        return next(iter(self.held), None)
+    def oldest_idle(self):
+        return next(iter(self.idle), None)
