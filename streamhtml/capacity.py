@@ -44,6 +44,7 @@ class Cuttable(Protocol):
 FULL = "instance full"
 WORKER_FULL = "worker full"
 CSV_FULL = "csv downloads full"
+CLIENT_FULL = "client full"
 MEMORY_FULL = "memory budget full"
 SHUTTING_DOWN = "shutting down"
 
@@ -62,6 +63,7 @@ class Caps:
     # A stream charged more than this is large: it may not take the small streams' share.
     small_stream_bytes: int | None = None
     csv_route: str = "/large.csv"
+    max_streams_per_client: int | None = None
 
 
 # gunicorn hooks, in the master -----------------------------------------------------------
@@ -90,10 +92,21 @@ def _clear(slot: int) -> None:
 # In the worker ------------------------------------------------------------------------------
 
 
+class ClientCounts(Protocol):
+    def take(self, client: str) -> bool: ...
+    def give_back(self, client: str) -> None: ...
+
+
 class Tracker:
     """The live streams of one worker process, counted in its slot; thread-safe."""
 
-    def __init__(self, caps: Caps, routes: Sequence[str], slot: int | None = None):
+    def __init__(
+        self,
+        caps: Caps,
+        routes: Sequence[str],
+        slot: int | None = None,
+        clients: ClientCounts | None = None,
+    ):
         if len(routes) > MAX_ROUTES:
             raise ValueError(f"at most {MAX_ROUTES} stream routes are counted")
         self.caps = caps
@@ -103,7 +116,9 @@ class Tracker:
         # Without a slot (Flask's test client) the counts live in this process only.
         self._counts = [0] * _COLUMNS if slot is None else None
         self._lock = threading.Lock()
-        self._live: dict[int, tuple[Cuttable, str, int]] = {}
+        self._live: dict[int, tuple[Cuttable, str, int, str | None]] = {}
+        # Per-client counts (streamhtml/clients.py), when the operator set a per-client cap.
+        self.clients = clients if caps.max_streams_per_client else None
         self.shutting_down = False
         self._grace_over = False
         self.ended_here = 0  # streams of this process that have ended, ever
@@ -137,8 +152,11 @@ class Tracker:
         """What streams and unread answers hold on the instance, against the memory budget."""
         return self._instance_sum(_BYTES_COLUMN) + unread_answer_bytes()
 
-    def admit(self, stream: Cuttable, route: str, cost_bytes: int) -> str | None:
-        """Count `stream` in; None when admitted, else why it was refused."""
+    def admit(
+        self, stream: Cuttable, route: str, cost_bytes: int, client: str | None = None
+    ) -> str | None:
+        """Count `stream` in; None when admitted, else why it was refused. `client` counts
+        against the per-client cap, if there is one (`clients`)."""
         caps = self.caps
         with self._lock:
             # A worker told to stop may still take a request it had already accepted (a
@@ -158,7 +176,11 @@ class Tracker:
                     budget -= budget // SMALL_STREAMS_SHARE
                 if self.held_bytes() + cost_bytes > budget:
                     return MEMORY_FULL
-            self._live[id(stream)] = (stream, route, cost_bytes)
+            if self.clients is None or client is None:
+                client = None
+            elif not self.clients.take(client):
+                return CLIENT_FULL
+            self._live[id(stream)] = (stream, route, cost_bytes, client)
             self._add(self._column[route], 1)
             self._add(_BYTES_COLUMN, cost_bytes)
             return None
@@ -168,9 +190,11 @@ class Tracker:
             entry = self._live.pop(id(stream), None)
             if entry is not None:
                 self.ended_here += 1
-                _, route, cost_bytes = entry
+                _, route, cost_bytes, client = entry
                 self._add(self._column[route], -1)
                 self._add(_BYTES_COLUMN, -cost_bytes)
+                if client is not None and self.clients is not None:
+                    self.clients.give_back(client)
 
     def begin_shutdown(self, grace_s: float) -> threading.Timer | None:
         """SIGTERM: let streams run until `grace_s` from now, then cut those still running.
@@ -190,7 +214,7 @@ class Tracker:
     def cut_all(self, outcome: str = "cut_by_shutdown") -> None:
         with self._lock:
             self._grace_over = True
-            streams = [stream for stream, _, _ in self._live.values()]
+            streams = [entry[0] for entry in self._live.values()]
         for stream in streams:
             stream.cut(outcome)
         if streams:
@@ -256,11 +280,21 @@ def fewest_connections_elsewhere() -> int | None:
     return min(others) - 1 if others else None
 
 
-def new_tracker(caps: Caps, routes: Sequence[str]) -> Tracker:
+def new_tracker(caps: Caps, routes: Sequence[str], clients: ClientCounts | None = None) -> Tracker:
     """The tracker of the app being built; SIGTERM reaches the latest one of this process."""
     global _process_tracker
-    _process_tracker = Tracker(caps, routes, _worker_slot)
+    _process_tracker = Tracker(caps, routes, _worker_slot, clients)
     return _process_tracker
+
+
+def worker_slot() -> int | None:
+    """This worker's slot; None outside a worker (the master, Flask's test client)."""
+    return _worker_slot
+
+
+def slots_used() -> int:
+    """How many slots from the first have ever been given out."""
+    return _page[_SLOTS_USED]
 
 
 def ended_in_this_process() -> int:

@@ -178,6 +178,15 @@ class Limits:
         "kernel send buffer per connection (SO_SNDBUF; the kernel doubles it), 0 for the "
         "kernel's autotuning; a client that stops reading holds this much of the memory quota",
     )
+    max_streams_per_client: int = number(
+        "STREAMHTML_MAX_STREAMS_PER_CLIENT",
+        0,
+        0,
+        100_000,
+        "concurrent streams per client (its address; behind a proxy gunicorn's "
+        "`FORWARDED_ALLOW_IPS` trusts, the nearest untrusted address in X-Forwarded-For) per "
+        "instance; more get 503; 0: no per-client limit",
+    )
     answer_timeout_s: int = number(
         "STREAMHTML_ANSWER_TIMEOUT_S",
         10,

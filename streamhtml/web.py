@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.routing import Map, MapAdapter
 from werkzeug.routing.matcher import StateMachineMatcher
 
-from . import __version__, capacity, metrics, observe
+from . import __version__, capacity, clients, metrics, observe
 from . import environ as env
 from .generators import (
     CSV_CHUNK_BYTES,
@@ -287,7 +287,10 @@ def stream(
         None if most_bytes is None else most_bytes + len(preamble),
         None if pace is None else pace.items,
     )
-    refused = streams.admit(live, route, charge)
+    client = None
+    if streams.clients is not None:
+        client = clients.client_of(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"))
+    refused = streams.admit(live, route, charge, client)
     if refused:
         live.close()
         return over_capacity(refused)
@@ -310,6 +313,8 @@ def over_capacity(reason: str) -> Response:
         capacity.MEMORY_FULL: "the streams in progress hold this instance's memory budget "
         f"({limits.stream_memory_percent}% of MEMORY_LIMIT, STREAMHTML_STREAM_MEMORY_PERCENT)",
         capacity.SHUTTING_DOWN: "this instance is shutting down",
+        capacity.CLIENT_FULL: f"this client holds its maximum of {limits.max_streams_per_client}"
+        " concurrent streams on this instance (STREAMHTML_MAX_STREAMS_PER_CLIENT)",
     }[reason]
     response = error_response(
         503, "over capacity", f"{why}; retry in {RETRY_AFTER_S} s", reason=reason
@@ -504,8 +509,10 @@ def create_app(app_settings: Settings | None = None) -> Flask:
         max_csv_streams=limits.max_csv_streams,
         memory_budget_bytes=app_settings.stream_memory_budget_bytes,
         small_stream_bytes=stream_base_bytes(limits) + RING_MAX_BLOCK,
+        max_streams_per_client=limits.max_streams_per_client or None,
     )
-    app.extensions["streamhtml.tracker"] = capacity.new_tracker(caps, STREAM_ROUTES)
+    per_client = clients.ClientCap(caps.max_streams_per_client, capacity.worker_slot())
+    app.extensions["streamhtml.tracker"] = capacity.new_tracker(caps, STREAM_ROUTES, per_client)
     app.extensions["streamhtml.turns"] = Turns(limits.producing_streams)
     app.register_blueprint(routes)
     app.register_error_handler(BadParameter, bad_parameter)

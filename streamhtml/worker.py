@@ -50,7 +50,7 @@ from gunicorn import http, util
 from gunicorn.http import message, wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from . import answers, capacity, heads, memory, metrics, observe
+from . import answers, capacity, clients, heads, memory, metrics, observe
 from . import environ as env
 from .observe import CLIENT_GONE, COMPLETE, RequestRecord, log
 from .response import StreamingResponse, WouldBlock, reset_on_close
@@ -180,6 +180,7 @@ def adopt(cfg) -> None:
     wsgi.base_environ = _base_environ
     util.http_date = _http_date
     message._ip_in_allow_list = _ip_in_allow_list
+    clients.trust_proxies(cfg.forwarded_allow_ips, cfg.forwarded_allow_networks())
 
 
 def _create(req, sock, client, server, cfg, response_class=None, response_args=()):

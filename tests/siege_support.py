@@ -153,11 +153,13 @@ def probe_health(port: int) -> float | None:
     return time.monotonic() - started if reply.startswith(b"HTTP/1.1 200") else None
 
 
-def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
+def connect(port: int, rcvbuf: int | None = None, source: str | None = None) -> socket.socket:
     sock = socket.socket()
     if rcvbuf:
         # Set before connecting, so the window the client advertises stays this small.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if source:
+        sock.bind((source, 0))  # another client: any address of 127.0.0.0/8 is this host
     sock.settimeout(5)
     sock.connect(("127.0.0.1", port))
     return sock
@@ -179,14 +181,20 @@ def connections(port: int, count: int, send: bytes = b"", rcvbuf: int | None = N
             sock.close()
 
 
+def read_start(sock: socket.socket) -> bytes:
+    """The start of the answer a connection is getting, its status line at least if any."""
+    start = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n" not in start and (chunk := sock.recv(4096)):
+            start += chunk
+    return start
+
+
 def read_status(sock: socket.socket) -> int:
-    """The status of the answer a connection is getting (0 if none came), its head read."""
-    head = b""
+    """The status of the answer a connection is getting (0 if none came)."""
     try:
-        while b"\r\n" not in head and (chunk := sock.recv(4096)):
-            head += chunk
-        return int(head.split(b" ", 2)[1])
-    except (OSError, IndexError, ValueError):
+        return int(read_start(sock).split(b" ", 2)[1])
+    except (IndexError, ValueError):
         return 0
 
 

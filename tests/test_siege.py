@@ -60,3 +60,35 @@ def test_499_small_paced_streams_run_together_at_a_256m_quota(start_server):
     ) as held:
         statuses = [siege.read_status(sock) for sock in held]
         assert statuses.count(200) == 499, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_with_a_per_client_cap_of_50_one_client_gets_exactly_50_and_another_its_own(
+    start_server,
+):
+    server = start_server({"STREAMHTML_MAX_STREAMS_PER_CLIENT": "50"})
+    path = "/streamhtml?nblocks=2&block_size=64&sleep_ms=5000"
+    asked = f"GET {path} HTTP/1.1\r\nHost: s\r\n\r\n".encode()
+    held = []
+    try:
+        for _ in range(60):
+            sock = siege.connect(server.port)
+            sock.sendall(asked)
+            held.append(sock)
+        starts = [siege.read_start(sock) for sock in held]
+        statuses = [start[:12] for start in starts]
+        assert statuses.count(b"HTTP/1.1 200") == 50, statuses
+        assert statuses.count(b"HTTP/1.1 503") == 10, statuses
+        refused = starts[statuses.index(b"HTTP/1.1 503")].decode()
+        if "\r\n\r\n{" not in refused:
+            refused += held[statuses.index(b"HTTP/1.1 503")].recv(65536).decode()
+        assert "Retry-After: 1" in refused
+        assert "STREAMHTML_MAX_STREAMS_PER_CLIENT" in refused
+        # Another client (another address) still gets its own streams.
+        for _ in range(3):
+            other = siege.connect(server.port, source="127.0.0.2")
+            other.sendall(asked)
+            held.append(other)
+            assert siege.read_status(other) == 200
+    finally:
+        for sock in held:
+            sock.close()
