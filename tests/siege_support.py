@@ -298,14 +298,26 @@ def ghost_streams(port: int, clients: int, path: str):
 
 
 def _ghosts_until_told(port: int, path: str, clients: int) -> None:
-    asked = f"GET {path} HTTP/1.1\r\nHost: siege\r\n\r\nG".encode()
+    asked = f"GET {path} HTTP/1.1\r\nHost: siege\r\n\r\n".encode()
     stop = threading.Event()
 
     def haunt() -> None:
         while not stop.is_set():
             with contextlib.suppress(OSError), connect(port) as sock:
                 sock.sendall(asked)
-                read_status(sock)
+                # The head and the first block, all that comes before the pause: read whole,
+                # so the close is a FIN, not the reset that unread bytes would make.
+                taken = b""
+                while (
+                    not (b"\r\n\r\n" in taken and taken.endswith(b"\r\n"))
+                    or len(taken.partition(b"\r\n\r\n")[2]) < 64
+                ):
+                    if not (chunk := sock.recv(65536)):
+                        break
+                    taken += chunk
+                # Sent once the stream has started: read by nobody (the server read the head
+                # and anything with it already), it waits in the socket through the pause.
+                sock.sendall(b"G")
             stop.wait(0.05)
 
     threads = [threading.Thread(target=haunt, daemon=True) for _ in range(clients)]
