@@ -30,7 +30,7 @@ UNREAD_SHARE = 4
 KERNEL_BYTES_PER_BYTE = 2
 # A connection holding this much unread (as charged) has answers backed up: its next answer
 # would wait for the client as one the socket cannot take does, and needs a place to wait.
-BACKLOG_BYTES = 128 * 1024
+BACKLOG_BYTES = 32 * 1024
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees at once
 
 
