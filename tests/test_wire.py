@@ -401,3 +401,23 @@ def test_the_last_answer_arrives_whole_however_the_client_goes_on_sending(server
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     assert re.match(rb"HTTP/1\.[01] 200 ", head), head
     assert body.count(b"<br>\n") == 64, "the answer was cut short"
+
+
+def test_a_request_full_of_non_ascii_text_writes_at_most_the_log_lines_byte_limit(server):
+    from streamhtml.logs import MAX_REQUEST_LINE_BYTES
+
+    # 5.6 KB of head, most of it characters JSON writes as 6 bytes each.
+    reply = request(
+        server.port,
+        "/" + "%C3%A9" * 300 + "?q=" + "%FF" * 600,
+        headers={"User-Agent": "\xff" * 1000, "X-Forwarded-For": "\xe9" * 1000},
+    )
+    assert reply.status == 404
+    request_id = reply.header("X-Vcap-Request-Id")
+    deadline = time.monotonic() + 5
+    while not (lines := [line for line in server.log().splitlines() if request_id in line]):
+        assert time.monotonic() < deadline, "no request line"
+        time.sleep(0.05)
+    (line,) = lines
+    assert "\\u00c3\\u00a9" in line
+    assert len(line.encode()) + 1 <= MAX_REQUEST_LINE_BYTES
