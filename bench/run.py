@@ -298,11 +298,12 @@ def siege_starter(args, tmp: Path):
     started = [0]
     memory_mib = siege.manifest_memory_mib(args.project)
 
-    def start() -> Server:
+    def start(env: dict | None = None) -> Server:
         started[0] += 1
         servers = start_servers(args, tmp, 0)
         project = servers["project"]
         project.env["MEMORY_LIMIT"] = f"{memory_mib}m"
+        project.env.update(env or {})  # a measurement's own settings (bench/siege.py)
         project.log = OUT / f"siege-{started[0]}.log"
         project.start()
         return project
