@@ -13,6 +13,7 @@ No Flask here: the routes (streamhtml/exports.py) hand `export()` to the stream 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import fcntl
@@ -47,6 +48,8 @@ EXPORT_HELD_BYTES = 2 * PAGE_BYTES
 FILLING_RETRY_AFTER_S = 2
 # Failed connection attempts are logged at most this often, whatever the request rate.
 CONNECT_ERROR_LOG_EVERY_S = 10.0
+# How long a worker's exit waits for its pool's threads: a small share of the graceful timeout.
+POOL_CLOSE_TIMEOUT_S = 1.0
 
 log = logging.getLogger("streamhtml")
 
@@ -259,6 +262,10 @@ class PostgresSource:
             if self._pool is None or self._pool_pid != os.getpid():
                 self._pool = self._new_pool()
                 self._pool_pid = os.getpid()
+                # Closed while the interpreter still runs threads: left to the pool's __del__
+                # at finalization, it waits 5 s for each of its (by then frozen) threads, and
+                # the worker outlives the graceful timeout until it is killed.
+                atexit.register(self.close)
             return self._pool
 
     def _new_pool(self):
@@ -383,7 +390,7 @@ class PostgresSource:
 
     def close(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():
-            self._pool.close()
+            self._pool.close(timeout=POOL_CLOSE_TIMEOUT_S)
         self._pool = None
 
 
