@@ -302,6 +302,11 @@ class PostgresSource:
             min_size=1,
             max_size=self.pool_size,
             timeout=self.pool_timeout_s,
+            # psycopg_pool retries a failed connection with a doubling delay (1, 2, 4, 8 s...)
+            # for reconnect_timeout (5 min by default), and starts no other attempt meanwhile:
+            # after an outage of a minute, exports would still get 503 for half a minute more.
+            # Given up after as long as a client waits, the next export tries again at once.
+            reconnect_timeout=self.pool_timeout_s,
             configure=configure,
             check=ConnectionPool.check_connection,
             name="streamhtml",
