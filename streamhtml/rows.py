@@ -432,12 +432,22 @@ def export(
     sent = 0
     rows_next = page_rows
     header = fmt == CSV
+    hung_up: list[bool] = []
+
+    def watched(cancel: Callable[[], Any]) -> contextlib.AbstractContextManager:
+        def on_hang_up() -> None:
+            # A query cancelled because the client left is no failure of the database.
+            hung_up.append(True)
+            cancel()
+
+        return waiting(on_hang_up)
+
     while limit is None or sent < limit:
         asked = rows_next if limit is None else min(rows_next, limit - sent)
         try:
-            page = rows_source.page(fmt, after_id, asked, header, waiting)
+            page = rows_source.page(fmt, after_id, asked, header, watched)
         except SourceError as error:
-            if failed is not None:
+            if failed is not None and not hung_up:
                 failed(error.kind)
             raise
         header = False
