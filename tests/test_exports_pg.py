@@ -431,6 +431,16 @@ def test_a_user_provided_binding_in_vcap_services_is_the_source(seeded, admin, s
 # --- hang-ups and failures ------------------------------------------------------------------
 
 
+def export_errors(server: Server) -> dict[str, float]:
+    """streamhtml_export_errors_total by cause, as /metrics says now."""
+    found = re.findall(
+        rb'^streamhtml_export_errors_total\{cause="(\w+)"\} (\S+)$',
+        get(server, "/metrics").body,
+        re.M,
+    )
+    return {cause.decode(): float(value) for cause, value in found}
+
+
 def no_query_left(admin: Admin) -> float:
     """Seconds until the app has no query running (polled, for up to 5 s)."""
     started_at = time.monotonic()
@@ -441,6 +451,7 @@ def no_query_left(admin: Admin) -> float:
 @pytest.mark.parametrize("mid_stream", [False, True], ids=["before-the-first-byte", "mid-stream"])
 def test_a_hang_up_cancels_the_running_query_within_a_second(pg_server, admin, quiet, mid_stream):
     quiet(pg_server)
+    errors_before = export_errors(pg_server)
     marker = f"after_id={101 + mid_stream}"
     with export_waiting_on_lock(admin, pg_server, f"/export.csv?{marker}", mid_stream) as (
         download,
@@ -453,6 +464,7 @@ def test_a_hang_up_cancels_the_running_query_within_a_second(pg_server, admin, q
 
     line = pg_server.wait_for_request(query=marker)[-1]
     assert line["outcome"] == "client_gone", line
+    assert export_errors(pg_server) == errors_before, "a client that left is no export error"
     # The connection went back to the pool clean: the next export has it.
     assert ids_of_csv(get(pg_server, "/export.csv?limit=3").body) == [1, 2, 3]
     quiet(pg_server)
