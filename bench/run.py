@@ -1005,7 +1005,9 @@ def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
     if args.exports_only:
-        lines = exports.section(exports.measure(args.rounds or 3, OUT))
+        exports_run = exports.measure(args.rounds or 3, OUT)
+        (OUT / "exports.json").write_text(json.dumps(exports_run, indent=1))
+        lines = exports.section(exports_run)
         (OUT / "exports.md").write_text("\n".join(lines))
         print("\n".join(lines))
         return 0
