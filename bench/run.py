@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+import exports
 import siege
 
 BENCH = Path(__file__).resolve().parent
@@ -1001,6 +1002,7 @@ def write_results(args, run: dict, lines, target_lines, pngs) -> None:
         *target_lines,
         "",
         *siege_section(run),
+        *exports.section(run.get("exports")),
         *([SWEEP_RECORD.read_text().rstrip("\n"), ""] if SWEEP_RECORD.exists() else []),
         "## Plots",
         "",
@@ -1046,6 +1048,11 @@ def main() -> int:
         help="only these rows (files: /files/ and nginx's sendfile of the same file), no "
         "siege; pair it with --results elsewhere, the rest of the table is empty",
     )
+    parser.add_argument(
+        "--exports-only",
+        action="store_true",
+        help="only the exports' rows (bench/exports.py), to bench/out/exports.md",
+    )
     args = parser.parse_args()
     args.env = dict(item.split("=", 1) for item in args.env)
     args.project = args.project.resolve()
@@ -1059,6 +1066,13 @@ def main() -> int:
     raise_fd_limit()
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
+    if args.exports_only:
+        exports_run = exports.measure(args.rounds or 3, OUT)
+        (OUT / "exports.json").write_text(json.dumps(exports_run, indent=1))
+        lines = exports.section(exports_run)
+        (OUT / "exports.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+        return 0
     with open(OUT / "raw.log", "w") as RAW:
         return measure(args, mode)
 
@@ -1080,12 +1094,16 @@ def measure(args, mode: dict) -> int:
             print(f"round {round_no} of {mode['rounds']}", flush=True)
             run_round(args, mode, tmp, round_no, data)
         siege_figures: dict = {}
+        exports_run = None
         if not args.only:
             print("siege", flush=True)
             siege_figures = siege.measure(siege_starter(args, tmp), args.quick, print)
+            print("exports", flush=True)
+            exports_run = exports.measure(1 if args.quick else 3, OUT)
     loads.append(os.getloadavg()[0])
     run_facts = {"mode": mode, "data": data, "commands": COMMANDS, "loads": loads}
     run_facts["siege"] = siege_figures
+    run_facts["exports"] = exports_run
     run_facts.update(env=args.env, quick=args.quick, only=args.only)
     tree = project_revision(args.project) + (f"; {args.note}" if args.note else "")
     run_facts["facts"] = {**machine(), "project tree": tree}

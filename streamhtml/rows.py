@@ -13,6 +13,7 @@ No Flask here: the routes (streamhtml/exports.py) hand `export()` to the stream 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import io
@@ -49,6 +50,8 @@ FILLING_RETRY_AFTER_S = 2
 CANCEL_TIMEOUT_S = 2.0
 # Failed connection attempts are logged at most this often, whatever the request rate.
 CONNECT_ERROR_LOG_EVERY_S = 10.0
+# How long a worker's exit waits for its pool's threads: a small share of the graceful timeout.
+POOL_CLOSE_TIMEOUT_S = 1.0
 
 log = logging.getLogger("streamhtml")
 
@@ -237,6 +240,10 @@ class PostgresSource:
             if self._pool is None or self._pool_pid != os.getpid():
                 self._pool = self._new_pool()
                 self._pool_pid = os.getpid()
+                # Closed while the interpreter still runs threads: left to the pool's __del__
+                # at finalization, it waits 5 s for each of its (by then frozen) threads, and
+                # the worker outlives the graceful timeout until it is killed.
+                atexit.register(self.close)
             return self._pool
 
     def _new_pool(self):
@@ -273,6 +280,11 @@ class PostgresSource:
             min_size=1,
             max_size=self.pool_size,
             timeout=self.pool_timeout_s,
+            # psycopg_pool retries a failed connection with a doubling delay (1, 2, 4, 8 s...)
+            # for reconnect_timeout (5 min by default), and starts no other attempt meanwhile:
+            # after an outage of a minute, exports would still get 503 for half a minute more.
+            # Given up after as long as a client waits, the next export tries again at once.
+            reconnect_timeout=self.pool_timeout_s,
             configure=configure,
             check=ConnectionPool.check_connection,
             name="streamhtml",
@@ -361,7 +373,7 @@ class PostgresSource:
 
     def close(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():
-            self._pool.close()
+            self._pool.close(timeout=POOL_CLOSE_TIMEOUT_S)
         self._pool = None
 
 
@@ -398,12 +410,22 @@ def export(
     sent = 0
     rows_next = page_rows
     header = fmt == CSV
+    hung_up: list[bool] = []
+
+    def watched(cancel: Callable[[], Any]) -> contextlib.AbstractContextManager:
+        def on_hang_up() -> None:
+            # A query cancelled because the client left is no failure of the database.
+            hung_up.append(True)
+            cancel()
+
+        return waiting(on_hang_up)
+
     while limit is None or sent < limit:
         asked = rows_next if limit is None else min(rows_next, limit - sent)
         try:
-            page = rows_source.page(fmt, after_id, asked, header, waiting)
+            page = rows_source.page(fmt, after_id, asked, header, watched)
         except SourceError as error:
-            if failed is not None:
+            if failed is not None and not hung_up:
                 failed(error.kind)
             raise
         header = False
