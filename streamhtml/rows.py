@@ -46,6 +46,8 @@ PAGE_BYTES = 512 * 1024
 EXPORT_HELD_BYTES = 2 * PAGE_BYTES
 # How long a client is told to wait while the embedded dataset is being made.
 FILLING_RETRY_AFTER_S = 2
+# A pooled connection idle this long is checked (a round trip) before a page is read on it.
+CHECK_IDLE_S = 1.0
 # A cancel is a connection of its own to the server; past this it is given up.
 CANCEL_TIMEOUT_S = 2.0
 # Failed connection attempts are logged at most this often, whatever the request rate.
@@ -254,6 +256,9 @@ class PostgresSource:
         timeout_ms = str(self.statement_timeout_ms)
 
         class Connection(psycopg.Connection):
+            # When it was last given back to the pool (see `check` below).
+            given_back_at = 0.0
+
             # Each connection attempt's failure is kept (redacted), so a 503 can say why.
             @classmethod
             def connect(cls, *args, **kwargs):
@@ -267,6 +272,14 @@ class PostgresSource:
 
         def configure(connection) -> None:
             connection.execute(SESSION_SETTINGS, (timeout_ms,))
+
+        def check(connection) -> None:
+            # A round trip before every page was a seventh of an export's time. A connection
+            # given back moments ago (the last page of this export, most often) is taken as it
+            # is: should the server have dropped it in between, that page fails, as a page
+            # whose backend is terminated fails; one idle for longer is checked first.
+            if time.monotonic() - connection.given_back_at >= CHECK_IDLE_S:
+                ConnectionPool.check_connection(connection)
 
         pool = ConnectionPool(
             self.source.url,
@@ -286,7 +299,7 @@ class PostgresSource:
             # Given up after as long as a client waits, the next export tries again at once.
             reconnect_timeout=self.pool_timeout_s,
             configure=configure,
-            check=ConnectionPool.check_connection,
+            check=check,
             name="streamhtml",
             open=False,
         )
@@ -325,6 +338,7 @@ class PostgresSource:
             yield connection
         finally:
             capacity.count_db(in_use=-1)
+            connection.given_back_at = time.monotonic()
             pool.putconn(connection)
 
     def _copy_query(self, fmt: str, after_id: int, rows: int, header: bool):
