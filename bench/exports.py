@@ -30,6 +30,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from pg_support import Postgres  # noqa: E402 - tests/ is not a package; pg_support is stdlib+psycopg
+from rss import RssWatch  # noqa: E402
 
 ROWS = 1_000_000
 MIB = 1 << 20
@@ -46,43 +47,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
-
-
-def vm_rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class RssWatch:
-    """Peak VmRSS of each worker while a download runs; growth = peak - before, worst worker."""
-
-    def __init__(self, pids: list[int]):
-        self.pids = pids
-        self.before = {pid: vm_rss_kib(pid) for pid in pids}
-        self.peak = dict(self.before)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            for pid in self.pids:
-                self.peak[pid] = max(self.peak[pid], vm_rss_kib(pid))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
-
-    def growth_mib(self) -> float:
-        return max((self.peak[p] - self.before[p]) / 1024 for p in self.pids)
 
 
 class Gunicorn:
@@ -172,7 +136,7 @@ def curl_download(port: int, path: str) -> tuple[float, int]:
 
 
 def download_with_rss(server: Gunicorn, path: str) -> tuple[float, int, float]:
-    with RssWatch(server.workers()) as watch:
+    with RssWatch(server.workers(), every_s=0.01) as watch:
         seconds, size = curl_download(server.port, path)
     return seconds, size, watch.growth_mib()
 

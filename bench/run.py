@@ -31,6 +31,7 @@ from pathlib import Path
 
 import exports
 import siege
+from rss import RssWatch
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -432,43 +433,6 @@ def curl_stream(label: str, port: int, path: str, length: int) -> float:
     ]
     code, size, speed = (run(label, argv, 330).split() + ["0", "0", "nan"])[:3]
     return float(speed) if code == "200" and int(size) == length else math.nan
-
-
-def vm_rss_kib(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    return int(number(r"VmRSS:\s+(\d+)", status, 0))
-
-
-class RssWatch:
-    """Peak VmRSS of each worker while a stream runs; growth = peak - before, worst worker."""
-
-    def __init__(self, pids: list[int]):
-        self.pids = pids
-        self.before = {pid: vm_rss_kib(pid) for pid in pids}
-        self.peak = dict(self.before)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            for pid in self.pids:
-                self.peak[pid] = max(self.peak[pid], vm_rss_kib(pid))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
-        for pid in self.pids:
-            self.peak[pid] = max(self.peak[pid], vm_rss_kib(pid))
-
-    def growth_mib(self) -> float:
-        return max((self.peak[p] - self.before[p]) / 1024 for p in self.pids) if self.pids else 0
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 import sys
 import time
 import urllib.request
@@ -55,18 +54,7 @@ class Instance:
 
 
 def app_socket_kib(port: int) -> float:
-    """Kernel memory of the sockets whose local port is `port`: skmem t + w + r, in KiB."""
-    out = subprocess.run(
-        ["ss", "-tmnH", "state", "all", f"( sport = :{port} )"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout
-    total = 0
-    for field in re.finditer(r"skmem:\(([^)]*)\)", out):
-        cells = dict(re.findall(r"([a-z]+)(\d+)", field.group(1)))
-        total += sum(int(cells.get(name, 0)) for name in ("t", "w", "r"))
-    return total / 1024
+    return siege.app_socket_mib(port) * 1024
 
 
 def streams_in_progress(port: int) -> int:
