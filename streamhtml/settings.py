@@ -199,6 +199,31 @@ class Limits:
         "kernel send buffer per connection (SO_SNDBUF; the kernel doubles it), 0 for the "
         "kernel's autotuning; a client that stops reading holds this much of the memory quota",
     )
+    max_upload_bytes: int = number(
+        "STREAMHTML_MAX_UPLOAD_BYTES",
+        1 * GiB,
+        0,
+        1 << 40,
+        "largest request body `/upload` reads, bytes: a `Content-Length` over it gets 413 "
+        "before any byte is read, a chunked body is cut with 413 when it passes it",
+        1_000_000,
+    )
+    body_stall_timeout_s: int = number(
+        "STREAMHTML_BODY_STALL_TIMEOUT_S",
+        30,
+        1,
+        3600,
+        "an upload whose body sends no byte for this long is cut with 408 (`outcome=stalled`)",
+        2,
+    )
+    max_uploads: int = number(
+        "STREAMHTML_MAX_UPLOADS",
+        16,
+        1,
+        100_000,
+        "concurrent `/upload` bodies per instance, each counted as a stream; more get 503",
+        2,
+    )
     max_head_bytes: int = number(
         "STREAMHTML_MAX_HEAD_BYTES",
         16 * KiB,

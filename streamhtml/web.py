@@ -14,7 +14,7 @@ from dataclasses import asdict
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from . import __version__, capacity, exports, files, metrics, observe
+from . import __version__, capacity, exports, files, metrics, observe, uploads
 from . import environ as env
 from .generators import (
     CSV_CHUNK_BYTES,
@@ -210,14 +210,16 @@ def http_error(exc: HTTPException):
     # Werkzeug's NoMatch behind it) hold frames that hold the request: a cycle only the
     # garbage collector would free, some 90 objects a request. Nothing reads them.
     exc.__traceback__ = exc.__context__ = None
+    # Every route answers GET and HEAD but /upload, which takes POST and PUT.
+    allowed = sorted(getattr(exc, "valid_methods", None) or ("GET", "HEAD"))
     details = {
         404: "no such endpoint; GET / lists them",
-        405: "only GET and HEAD are allowed here",
+        405: f"only {' and '.join(allowed)} are allowed here",
     }
     status = exc.code or 500
     response = error_response(status, exc.name, details.get(status, exc.description or ""))
     if status == 405:
-        response.headers["Allow"] = "GET, HEAD"
+        response.headers["Allow"] = ", ".join(allowed)
     return response
 
 
@@ -237,7 +239,7 @@ def create_app(app_settings: Settings | None = None, blueprints: Iterable[Bluepr
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TESTING=False)
     app.extensions["streamhtml"] = app_settings
     limits = app_settings.limits
-    for blueprint in (routes, exports.routes, *blueprints):
+    for blueprint in (routes, exports.routes, uploads.routes, *blueprints):
         app.register_blueprint(blueprint)
     # Every streaming route is declared by now: the tracker counts what was declared.
     caps = capacity.Caps(
