@@ -18,6 +18,12 @@ they arrive, and reports the keep-alive comments apart) or ndjson (/ndjson; it c
 and reports each line's lateness: its time in transit, from its t_ms to its arrival, less the
 first line's, so the two clocks' offset cancels out).
 
+`--upload BYTES` asks the other way: does the path stream a request body up to the service,
+or hold it back? The probe POSTs BYTES to /upload in `--nblocks` chunks (chunked transfer
+coding), `--sleep-ms` apart, and the service answers when each byte reached it; the verdict is
+the same as for a stream down: the chunks' pauses came through (STREAMS), or the body came in
+one burst once it was whole (BUFFERED: nginx's `proxy_request_buffering on`, its default).
+
 The verdict is judged on arrival times, never on how many reads the bytes came in: a proxy may
 re-chunk a stream (gorouter sends an unpaced one in about 8 KiB pieces) without holding it back.
 
@@ -38,6 +44,7 @@ it there (`python3 probe.py URL`) if the package is not installed.
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import math
@@ -100,6 +107,8 @@ HTML = Shape("html", "/streamhtml", "text/html", "blocks", "bytes", "byte", "no 
 SSE = Shape("sse", "/sse", "text/event-stream", "events", "events", "event", "no events")
 NDJSON = Shape("ndjson", "/ndjson", "application/x-ndjson", "lines", "lines", "line", "no lines")
 SHAPES = {shape.name: shape for shape in (HTML, SSE, NDJSON)}
+# Not a --shape: the body goes up, with --upload.
+UPLOAD = Shape("upload", "/upload", "application/json", "chunks", "bytes", "byte", "no body bytes")
 
 
 @dataclass(frozen=True)
@@ -1006,6 +1015,177 @@ def report(
     return "\n".join(lines)
 
 
+# --- uploads: the body goes up --------------------------------------------------------------
+
+SEND_PIECE = bytes(64 * 1024)  # what a chunk is sent in, so a large one is never in memory
+
+
+def upload_target(url: str, nblocks, total_bytes: int, sleep_ms) -> tuple[Target, Pacing]:
+    """POST to /upload under the route (or the URL's own .../upload), paced as asked."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProbeError(f"not an http:// or https:// URL: {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise ProbeError(f"bad port in {url!r}: {error}") from None
+    path = parts.path.rstrip("/")
+    if not path.endswith(UPLOAD.path):
+        path += UPLOAD.path
+    nblocks = DEFAULT_NBLOCKS if nblocks is None else nblocks
+    sleep_ms = DEFAULT_SLEEP_MS if sleep_ms is None else sleep_ms
+    if not 0 < nblocks <= total_bytes:
+        raise ProbeError(f"--upload {total_bytes} cannot be sent in {nblocks} chunks")
+    pacing = Pacing(nblocks, total_bytes // nblocks, sleep_ms, UPLOAD)
+    query = f"?{parts.query}" if parts.query else ""
+    return Target(parts.scheme, parts.hostname, port, path + query), pacing
+
+
+def chunk_sizes(total_bytes: int, nblocks: int) -> list[int]:
+    """`total_bytes` in `nblocks` chunks as even as can be, the larger ones first."""
+    each, more = divmod(total_bytes, nblocks)
+    return [each + 1 if index < more else each for index in range(nblocks)]
+
+
+@dataclass(frozen=True)
+class UploadMeasurement:
+    status_line: str
+    sent_s: float  # from the head sent to the last chunk sent
+    answer_s: float  # from the head sent to the answer's head
+    # When the body's bytes reached the service, in seconds since it had the request head.
+    arrivals: tuple[Arrival, ...]
+    body_bytes: int
+    first_byte_ms: float | None
+    service_seconds: float
+
+
+def send_upload(connection, request: Request, pacing: Pacing, total_bytes: int) -> None:
+    connection.putrequest("POST", request.request_uri, skip_host=True, skip_accept_encoding=True)
+    for name, value in request.headers:
+        connection.putheader(name, value)
+    if request.proxy and request.proxy.authorization and not request.tunnelled:
+        connection.putheader("Proxy-Authorization", request.proxy.authorization)
+    connection.putheader("Content-Type", "application/octet-stream")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    for index, size in enumerate(chunk_sizes(total_bytes, pacing.nblocks)):
+        if index:
+            time.sleep(pacing.sleep_ms / 1000.0)
+        connection.send(b"%x\r\n" % size)
+        while size:
+            piece = min(size, len(SEND_PIECE))
+            connection.send(SEND_PIECE[:piece] if piece < len(SEND_PIECE) else SEND_PIECE)
+            size -= piece
+        connection.send(b"\r\n")
+    connection.send(b"0\r\n\r\n")
+
+
+def measure_upload(
+    request: Request, pacing: Pacing, total_bytes: int, timeout_s: float, insecure: bool = False
+) -> UploadMeasurement:
+    """POST the paced body, and read when the service says each byte reached it."""
+    target = request.target
+    via = f" via proxy {request.proxy.url}" if request.proxy else ""
+    connection = open_connection(request, timeout_s, insecure)
+    try:
+        connection.connect()
+        started = time.monotonic()
+        # The service may answer early (a 413, a 503) and close: its answer says why.
+        with contextlib.suppress(OSError):
+            send_upload(connection, request, pacing, total_bytes)
+        sent = time.monotonic()
+        response = connection.getresponse()
+        answered = time.monotonic()
+        body = response.read(1 << 20)
+        if response.status != 200:
+            raise ProbeError(
+                f"HTTP {response.status} {response.reason} from {target.url}{via}"
+                f"{error_detail(body)}"
+            )
+        try:
+            found = json.loads(body)
+            points = [(float(at_ms), int(total)) for at_ms, total in found["arrivals"]]
+            received = int(found["bytes"])
+        except (ValueError, KeyError, TypeError):
+            raise ProbeError(
+                f"no upload timeline from {target.url}{via}: is it a streamhtml route?"
+            ) from None
+        arrivals, before = [], 0
+        for at_ms, total in points:
+            if total > before:
+                arrivals.append((at_ms / 1000.0, total - before))
+                before = total
+        return UploadMeasurement(
+            status_line=f"HTTP/{response.version / 10:.1f} {response.status} {response.reason}",
+            sent_s=sent - started,
+            answer_s=answered - started,
+            arrivals=tuple(arrivals),
+            body_bytes=received,
+            first_byte_ms=found.get("first_byte_ms"),
+            service_seconds=float(found.get("seconds") or 0.0),
+        )
+    finally:
+        connection.close()
+
+
+def upload_report(
+    request: Request, pacing: Pacing, total_bytes: int, found: UploadMeasurement, verdict: Verdict
+) -> str:
+    line = summarize(found.arrivals, pacing)
+    first = "-" if found.first_byte_ms is None else f"{found.first_byte_ms:.0f} ms"
+    lines = [
+        f"probe    POST {request.target.url}",
+        *route_lines(request),
+        f"expects  {total_bytes} bytes up in {pacing.nblocks} chunks, {pacing.sleep_ms} ms "
+        f"apart, over {pacing.spread_s:.2f} s",
+        "",
+        f"sent           {ms(found.sent_s):>9}   the body, chunked, from the request head",
+        f"answer         {ms(found.answer_s):>9}   {found.status_line}",
+        f"service got    {found.body_bytes} bytes over {line.spread_s:.2f} s, in "
+        f"{found.service_seconds:.2f} s of reading",
+        f"first byte     {first:>9}   after the request head reached the service",
+        f"largest burst  {percent(line.burst_bytes, line.total_bytes):>9}   of the bytes "
+        f"within {pacing.sleep_ms // 2} ms, ending at {ms(line.burst_at_s)}",
+        "",
+        *histogram(found.arrivals, pacing),
+        "          (times since the service had the request head)",
+        "",
+        f"verdict: {verdict.state}",
+    ]
+    lines += [f"  - {reason}" for reason in verdict.reasons]
+    return "\n".join(lines)
+
+
+def probe_upload(args) -> int:
+    try:
+        target, pacing = upload_target(args.url, args.nblocks, args.upload, args.sleep_ms)
+        # The answer is JSON to parse: asked for uncompressed, whatever a proxy would do.
+        request = request_for(target, [*args.header, "Accept-Encoding:"], UPLOAD.accept)
+    except ProbeError as error:
+        print(f"probe: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    timeout_s = args.timeout if args.timeout else pacing.spread_s + 30.0
+    try:
+        found = measure_upload(request, pacing, args.upload, timeout_s, args.insecure)
+    except ProbeError as error:
+        print(f"probe: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, http.client.HTTPException) as error:
+        print(f"probe: error: {network_error(error, request, timeout_s)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    if found.body_bytes != args.upload:
+        print(
+            f"probe: error: sent {args.upload} bytes, the service read {found.body_bytes}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    verdict = judge(found.arrivals, pacing)
+    print(upload_report(request, pacing, args.upload, found, verdict))
+    return verdict.exit_code
+
+
 def whole_number(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
@@ -1020,6 +1200,9 @@ spent in the platform before the app saw it (from the app's Server-Timing: queue
 
 EPILOG = """\
 Exit status: 0 STREAMS, 1 BUFFERED, 2 error, 3 UNKNOWN (pacing too short).
+
+Uploads: --upload BYTES POSTs a paced chunked body to /upload and judges it the same way:
+  python -m streamhtml.probe https://streamhtml.apps.example.com --upload 1048576 --sleep-ms 300
 
 Proxies: as Python's urllib, the probe goes through HTTP_PROXY for http:// URLs and through
 HTTPS_PROXY (in a CONNECT tunnel) for https:// ones, unless NO_PROXY lists the host; lowercase
@@ -1055,6 +1238,13 @@ def parse_args(argv):
         "--sleep-ms", type=whole_number, help=f"pause between blocks, default {DEFAULT_SLEEP_MS}"
     )
     parser.add_argument(
+        "--upload",
+        type=whole_number,
+        metavar="BYTES",
+        help="POST this many bytes to /upload instead, in --nblocks chunks --sleep-ms apart, "
+        "and judge whether the body streamed up to the service",
+    )
+    parser.add_argument(
         "-H",
         "--header",
         action="append",
@@ -1075,6 +1265,11 @@ def parse_args(argv):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.upload is not None:
+        if args.shape or args.block_size is not None:
+            print("probe: error: --upload takes no --shape or --block-size", file=sys.stderr)
+            return EXIT_ERROR
+        return probe_upload(args)
     try:
         target, pacing = target_for(
             args.url, args.nblocks, args.block_size, args.sleep_ms, args.shape

@@ -150,6 +150,7 @@ class Nginx:
         upstream_idle_s: int = GOROUTER_IDLE_S,
         gzip_types: tuple[str, ...] = (),
         read_timeout_s: int | None = None,
+        request_buffering: bool | None = None,
     ):
         assert not (router and gzip), "gorouter never compresses: pass gzip=False with router"
         self.dir = directory
@@ -166,6 +167,12 @@ class Nginx:
             # nginx cuts a response whose app is silent this long (its default is 60 s), as
             # idle-timeout load balancers do.
             extras.append(f"            proxy_read_timeout {read_timeout_s}s;")
+        if request_buffering is not None:
+            # Whether nginx reads a request body whole before it sends the request on (on,
+            # its default) or passes it on as it arrives; bodies of any size either way.
+            buffering = "on" if request_buffering else "off"
+            extras.append(f"            proxy_request_buffering {buffering};")
+            extras.append("            client_max_body_size 0;")
         self.extra = "\n".join(extras)
         self.process: subprocess.Popen | None = None
 
