@@ -224,6 +224,24 @@ class Limits:
         "concurrent `/upload` bodies per instance, each counted as a stream; more get 503",
         2,
     )
+    ws_ping_interval_s: int = number(
+        "STREAMHTML_WS_PING_INTERVAL_S",
+        25,
+        1,
+        3600,
+        "a WebSocket that has sent nothing this long sends a ping, so load balancers with "
+        "idle timeouts (60 s is common) keep it open; a ping unanswered for the stall timeout "
+        "ends it",
+        1,
+    )
+    ws_max_message_bytes: int = number(
+        "STREAMHTML_WS_MAX_MESSAGE_BYTES",
+        1 * MiB,
+        1,
+        64 * MiB,
+        "largest WebSocket message a client may send, bytes; a larger one is closed with 1009",
+        65536,
+    )
     max_head_bytes: int = number(
         "STREAMHTML_MAX_HEAD_BYTES",
         16 * KiB,

@@ -13,8 +13,9 @@ from dataclasses import asdict
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.routing import WebsocketMismatch
 
-from . import __version__, capacity, exports, files, metrics, observe, uploads
+from . import __version__, capacity, exports, files, metrics, observe, uploads, websockets
 from . import environ as env
 from .generators import (
     CSV_CHUNK_BYTES,
@@ -217,7 +218,10 @@ def http_error(exc: HTTPException):
         405: f"only {' and '.join(allowed)} are allowed here",
     }
     status = exc.code or 500
-    response = error_response(status, exc.name, details.get(status, exc.description or ""))
+    detail = details.get(status, exc.description or "")
+    if isinstance(exc, WebsocketMismatch):
+        detail = "/ws/ endpoints take WebSocket handshakes only, and no other endpoint takes one"
+    response = error_response(status, exc.name, detail)
     if status == 405:
         response.headers["Allow"] = ", ".join(allowed)
     return response
@@ -239,7 +243,7 @@ def create_app(app_settings: Settings | None = None, blueprints: Iterable[Bluepr
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TESTING=False)
     app.extensions["streamhtml"] = app_settings
     limits = app_settings.limits
-    for blueprint in (routes, exports.routes, uploads.routes, *blueprints):
+    for blueprint in (routes, exports.routes, uploads.routes, websockets.routes, *blueprints):
         app.register_blueprint(blueprint)
     # Every streaming route is declared by now: the tracker counts what was declared.
     caps = capacity.Caps(
