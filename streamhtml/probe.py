@@ -45,9 +45,11 @@ it there (`python3 probe.py URL`) if the package is not installed.
 import argparse
 import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import math
+import os
 import re
 import socket
 import ssl
@@ -106,7 +108,8 @@ class Shape:
 HTML = Shape("html", "/streamhtml", "text/html", "blocks", "bytes", "byte", "no body bytes")
 SSE = Shape("sse", "/sse", "text/event-stream", "events", "events", "event", "no events")
 NDJSON = Shape("ndjson", "/ndjson", "application/x-ndjson", "lines", "lines", "line", "no lines")
-SHAPES = {shape.name: shape for shape in (HTML, SSE, NDJSON)}
+WS = Shape("ws", "/ws/stream", "*/*", "messages", "messages", "message", "no messages")
+SHAPES = {shape.name: shape for shape in (HTML, SSE, NDJSON, WS)}
 # Not a --shape: the body goes up, with --upload.
 UPLOAD = Shape("upload", "/upload", "application/json", "chunks", "bytes", "byte", "no body bytes")
 
@@ -632,7 +635,158 @@ class NdjsonReader(BodyReader):
         return lines
 
 
+class WsReader(BodyReader):
+    """Binary messages of a WebSocket, each counted once whole; and how it was closed."""
+
+    counts_bytes = False
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.messages = 0
+        self.wrong_size: str | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.pings = 0
+
+    def feed(self, data: bytes, at_s: float) -> int:
+        self.messages += 1
+        if len(data) != self.block_size and self.wrong_size is None:
+            self.wrong_size = f"message {self.messages} was {len(data)} bytes"
+        return 1
+
+    def mismatch(self, pacing: Pacing, found: "Measurement") -> str | None:
+        if self.close_code != 1000:
+            said = f"{self.close_code} {self.close_reason}".strip() if self.close_code else "none"
+            return f"the WebSocket closed with {said}, not 1000, after {self.messages} messages"
+        if self.messages != pacing.nblocks:
+            return f"expected {pacing.nblocks} messages, got {self.messages}"
+        if self.wrong_size:
+            return f"expected messages of {pacing.block_size} bytes, but {self.wrong_size}"
+        return None
+
+    def summary_lines(self) -> list[str]:
+        return [
+            f"messages       {self.messages}, then close {self.close_code}; "
+            f"{plural(self.pings, 'ping')} from the service answered"
+        ]
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """One masked frame, as a client must send it (RFC 6455 §5.3)."""
+    key = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        head = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+    masked = bytes(byte ^ key[index % 4] for index, byte in enumerate(payload))
+    return head + key + masked
+
+
+def ws_read_frame(reader) -> tuple[bool, int, bytes]:
+    """(fin, opcode, payload) of the next frame from the server; ProbeError when cut."""
+    head = reader.read(2)
+    if len(head) < 2:
+        raise ProbeError("the WebSocket connection was cut without a close frame")
+    fin, opcode, masked, length = head[0] & 0x80, head[0] & 0x0F, head[1] & 0x80, head[1] & 0x7F
+    if masked:
+        raise ProbeError("the server sent a masked frame, which RFC 6455 forbids")
+    if length >= 126:
+        size = 2 if length == 126 else 8
+        extended = reader.read(size)
+        if len(extended) < size:
+            raise ProbeError("the WebSocket connection was cut inside a frame")
+        length = int.from_bytes(extended, "big")
+    payload = reader.read(length) if length else b""
+    if len(payload) < length:
+        raise ProbeError("the WebSocket connection was cut inside a frame")
+    return bool(fin), opcode, payload
+
+
+def measure_ws(request: Request, timeout_s: float, insecure: bool, body: WsReader) -> "Measurement":
+    """Open the WebSocket, answer its pings, and time each binary message as it completes."""
+    target = request.target
+    via = f" via proxy {request.proxy.url}" if request.proxy else ""
+    connection = open_connection(request, timeout_s, insecure)
+    try:
+        started = time.monotonic()
+        connection.connect()
+        connected = time.monotonic()
+        sock = connection.sock
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        lines = [f"GET {request.request_uri} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in request.headers]
+        if request.proxy and request.proxy.authorization and not request.tunnelled:
+            lines.append(f"Proxy-Authorization: {request.proxy.authorization}")
+        lines += [
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        sent = time.monotonic()
+        reader = sock.makefile("rb")  # the head, then the frames, from one buffer
+        status_line = reader.readline(65537).decode("latin-1").rstrip("\r\n")
+        _, _, status_reason = status_line.partition(" ")
+        status, _, reason = status_reason.partition(" ")
+        headers = http.client.parse_headers(reader)
+        head = time.monotonic()
+        if status != "101":
+            length = min(int(headers.get("Content-Length") or 0), 4096)
+            raise ProbeError(
+                f"HTTP {status} {reason} from {target.url}{via}, not a WebSocket"
+                f"{error_detail(reader.read(length) if length else b'')}"
+            )
+        expected = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+        if (headers.get("Sec-WebSocket-Accept") or "").strip() != expected:
+            raise ProbeError(f"a wrong Sec-WebSocket-Accept from {target.url}{via}")
+        arrivals: list[Arrival] = []
+        wire_bytes, wire_first, message = 0, None, bytearray()
+        while True:
+            fin, opcode, payload = ws_read_frame(reader)
+            now = time.monotonic() - sent
+            wire_first = now if wire_first is None else wire_first
+            wire_bytes += len(payload) + 2
+            if opcode == 0x9:  # ping: pong with its payload
+                body.pings += 1
+                sock.sendall(ws_frame(0xA, payload))
+            elif opcode == 0x8:
+                body.close_code = int.from_bytes(payload[:2], "big") if payload else 1005
+                body.close_reason = payload[2:].decode("utf-8", "replace")
+                with contextlib.suppress(OSError):
+                    sock.sendall(ws_frame(0x8, payload[:2]))
+                break
+            elif opcode in (0x0, 0x1, 0x2):
+                message += payload
+                if fin:
+                    arrivals.append((now, body.feed(bytes(message), now)))
+                    message = bytearray()
+        return Measurement(
+            status_line=status_line,
+            framing="websocket",
+            encoding="identity",
+            connect_s=connected - started,
+            head_s=head - sent,
+            wire_first_byte_s=wire_first,
+            arrivals=tuple(arrivals),
+            wire_bytes=wire_bytes,
+            body_bytes=body.messages * body.block_size,
+            decoded=True,
+            headers=tuple((name, headers.get(name)) for name in SHOWN_HEADERS),
+        )
+    finally:
+        connection.close()
+
+
 def reader_for(pacing: Pacing) -> BodyReader:
+    if pacing.shape is WS:
+        return WsReader(pacing.block_size)
     if pacing.shape is SSE:
         return SseReader()
     if pacing.shape is NDJSON:
@@ -1230,7 +1384,8 @@ def parse_args(argv):
         "--shape",
         choices=tuple(SHAPES),
         help="what to stream: html (/streamhtml, the default unless the URL names another), "
-        "sse (/sse, Server-Sent Events) or ndjson (/ndjson, JSON lines)",
+        "sse (/sse, Server-Sent Events), ndjson (/ndjson, JSON lines) or ws (/ws/stream, "
+        "binary WebSocket messages)",
     )
     parser.add_argument("--nblocks", type=whole_number, help=f"default {DEFAULT_NBLOCKS}")
     parser.add_argument("--block-size", type=whole_number, help=f"default {DEFAULT_BLOCK_SIZE}")
@@ -1281,7 +1436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     timeout_s = args.timeout if args.timeout else pacing.spread_s + 30.0
     body = reader_for(pacing)
     try:
-        found = measure(request, timeout_s, args.insecure, body)
+        if isinstance(body, WsReader):
+            found = measure_ws(request, timeout_s, args.insecure, body)
+        else:
+            found = measure(request, timeout_s, args.insecure, body)
     except ProbeError as error:
         print(f"probe: error: {error}", file=sys.stderr)
         return EXIT_ERROR

@@ -71,6 +71,13 @@ http {{
     gzip {gzip};
     gzip_proxied any;{gzip_types}
 
+    # A WebSocket handshake is passed on as one (Upgrade, Connection: upgrade); any other
+    # request goes with an empty Connection, as before, so the upstream pool can keep it.
+    map $http_upgrade $upstream_connection {{
+        default upgrade;
+        "" "";
+    }}
+
     upstream backends {{
 {servers}{pool}
     }}
@@ -80,7 +87,8 @@ http {{
         location / {{
             proxy_pass http://backends;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $upstream_connection;
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
