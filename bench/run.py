@@ -31,6 +31,7 @@ from pathlib import Path
 
 import siege
 import uploads
+import websocket_rows
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -569,6 +570,7 @@ def run_round(args, mode: dict, tmp: Path, round_no: int, data: dict) -> None:
             file_rows(servers, order, mode["stream_bytes"], put)
         if args.only != "files":
             uploads.upload_rows(servers, order, put, RssWatch)
+            websocket_rows.websocket_rows(servers, put)
         if args.only:
             return
         for test, nblocks, size, n, c in LOAD_TESTS:
@@ -698,6 +700,7 @@ ROWS = (
     ("file", "one file from /files/ (sendfile)", "MiB/s", MIB, None),
     ("rss_file", "worker RSS growth, one file from /files/", "MiB", 1, None),
     *uploads.ROWS,
+    *websocket_rows.ROWS,
     *(
         (f"rss_{s}", f"worker RSS growth, {s // 1024} KiB blocks", "MiB", 1, None)
         for s in RSS_BLOCK_SIZES
@@ -1051,8 +1054,8 @@ def main() -> int:
         "--only",
         choices=("files", "uploads"),
         help="only these rows (files: /files/ and nginx's sendfile of the same file; uploads: "
-        "1 GiB to /upload and to nginx discarding it), no siege; pair it with --results "
-        "elsewhere, the rest of the table is empty",
+        "1 GiB to /upload and to nginx discarding it, and WebSocket messages/s), no siege; "
+        "pair it with --results elsewhere, the rest of the table is empty",
     )
     args = parser.parse_args()
     args.env = dict(item.split("=", 1) for item in args.env)
