@@ -16,7 +16,9 @@ Two kinds of nginx:
   - a fresh `X-Vcap-Request-Id` that overwrites the client's, copied to the response only when
     the app sent none, and written in nginx's access log beside the upstream address;
   - `X-Request-Start` in milliseconds since the epoch, `X-Forwarded-For`, `X-Forwarded-Proto`;
-  - no compression, no buffering: each read from the app is passed on at once.
+  - no compression, no buffering: each read from the app is passed on at once, and each read
+    of a request body from the client too (Go's reverse proxy streams bodies both ways), of any
+    size;
 
   It does not imitate: gorouter's re-chunking of unpaced streams into ~8 KiB chunks (nginx
   re-chunks by whatever its reads return, so chunk sizes differ; the bytes do not); a UUID
@@ -132,6 +134,8 @@ ROUTER_POOL = """
 # proxy_buffer_size 8k: an unpaced stream leaves in reads of up to 8 KiB, near gorouter's chunks.
 ROUTER_LOCATION = """\
             proxy_buffering off;
+            proxy_request_buffering off;
+            client_max_body_size 0;
             proxy_buffer_size 8k;
             proxy_set_header X-Vcap-Request-Id $request_id;
             proxy_set_header X-Request-Start $request_start_ms;

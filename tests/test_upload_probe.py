@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from nginx_support import Nginx
+from nginx_support import Nginx, gorouter_like
 from support import REPO
 
 from streamhtml.probe import UPLOAD, ProbeError, chunk_sizes, upload_target
@@ -77,6 +77,15 @@ def test_through_nginx_the_upload_verdict_follows_proxy_request_buffering(
         nginx.stop()
     assert done.returncode == exit_code, done.stdout + done.stderr
     assert f"verdict: {verdict}" in done.stdout
+
+
+def test_through_the_gorouter_stand_in_the_upload_streams(small_server, tmp_path):
+    router = gorouter_like(tmp_path, small_server.port).start()
+    try:
+        done = probe(router.url, "--upload", "100000", *PACED)
+    finally:
+        router.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_an_upload_over_the_limit_is_an_error_that_says_why(small_server):

@@ -268,6 +268,7 @@ def test_500_idle_websockets_leave_health_fast_and_memory_within_the_quota(start
             time.sleep(0.05)
         assert slowest < 1.0, f"/health took {slowest:.2f} s beside 500 WebSockets"
         rss = instance_rss_mib(server)
+        print(f"500 idle WebSockets: /health at most {slowest * 1000:.0f} ms, RSS {rss:.0f} MiB")
         assert rss < 0.75 * memory_mib, f"{rss:.0f} MiB with 500 WebSockets open"
         ws = sockets[-1]
         ws.send(TEXT, b"one of 500")
