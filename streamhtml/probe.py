@@ -747,11 +747,10 @@ def measure_ws(request: Request, timeout_s: float, insecure: bool, body: WsReade
         if (headers.get("Sec-WebSocket-Accept") or "").strip() != expected:
             raise ProbeError(f"a wrong Sec-WebSocket-Accept from {target.url}{via}")
         arrivals: list[Arrival] = []
-        wire_bytes, wire_first, message = 0, None, bytearray()
+        wire_bytes, message = 0, bytearray()
         while True:
             fin, opcode, payload = ws_read_frame(reader)
             now = time.monotonic() - sent
-            wire_first = now if wire_first is None else wire_first
             wire_bytes += len(payload) + 2
             if opcode == 0x9:  # ping: pong with its payload
                 body.pings += 1
@@ -773,7 +772,6 @@ def measure_ws(request: Request, timeout_s: float, insecure: bool, body: WsReade
             encoding="identity",
             connect_s=connected - started,
             head_s=head - sent,
-            wire_first_byte_s=wire_first,
             arrivals=tuple(arrivals),
             wire_bytes=wire_bytes,
             body_bytes=body.messages * body.block_size,

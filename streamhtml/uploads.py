@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from flask import Blueprint, Response, current_app, request
 
 from . import environ as env
-from .observe import CLIENT_GONE, DEADLINE, STALLED
+from .outcomes import CLIENT_GONE, DEADLINE, STALLED
 from .settings import Limits
 from .stream import shut_socket
 from .streaming import (

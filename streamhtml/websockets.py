@@ -45,7 +45,16 @@ from wsproto.utilities import generate_accept_token
 from . import environ as env
 from . import observe
 from .generators import html_blocks
-from .observe import CLIENT_GONE, COMPLETE, DEADLINE, ERROR, STALLED, RequestRecord
+from .observe import RequestRecord
+from .outcomes import (
+    CLIENT_GONE,
+    COMPLETE,
+    DEADLINE,
+    ERROR,
+    PROTOCOL_ERROR,
+    STALLED,
+    TOO_BIG,
+)
 from .params import parse_stream_request
 from .settings import Limits
 from .stream import shut_socket
@@ -56,9 +65,7 @@ routes = Blueprint("websockets", __name__)
 READ_BYTES = 64 * 1024
 # After our close frame, how long the client may take to send its own before we hang up.
 CLOSE_WAIT_S = 1.0
-NORMAL, GOING_AWAY, POLICY, TOO_BIG = 1000, 1001, 1008, 1009
-TOO_BIG_OUTCOME = "too_big"
-PROTOCOL_ERROR = "protocol_error"
+NORMAL, GOING_AWAY, POLICY, MESSAGE_TOO_BIG = 1000, 1001, 1008, 1009
 CONTENT_TYPE = "application/octet-stream"  # what the messages hold; never a header here
 
 
@@ -221,11 +228,11 @@ def answer(session: Session, events: Iterator[Event], echo: bool) -> str | None:
             session.message_bytes += size
             if session.message_bytes > session.max_message_bytes:
                 session.close(
-                    TOO_BIG,
+                    MESSAGE_TOO_BIG,
                     f"a message is over {session.max_message_bytes} bytes "
                     "(STREAMHTML_WS_MAX_MESSAGE_BYTES)",
                 )
-                return TOO_BIG_OUTCOME
+                return TOO_BIG
             if event.message_finished:
                 session.message_bytes = 0
             if echo:

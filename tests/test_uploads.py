@@ -16,7 +16,14 @@ import time
 
 import pytest
 from files_support import GiB, rss_bytes
-from support import RawResponse, read_body, read_head, request
+from support import (
+    RawResponse,
+    read_body,
+    read_head,
+    request,
+    streams_in_progress,
+    wait_until,
+)
 
 from streamhtml.settings import small_limits, small_limits_env
 from streamhtml.uploads import ARRIVALS_MOST, Arrivals, BadBody, ChunkedBody
@@ -281,17 +288,6 @@ def test_a_body_that_trickles_is_cut_at_the_deadline(start_server):
     assert line["outcome"] == "deadline"
 
 
-def wait_for(predicate, timeout_s: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def in_progress(port: int) -> int:
-    return json.loads(request(port, "/health").body)["streams_in_progress"]
-
-
 def test_uploads_are_counted_as_streams_and_capped(start_server):
     server = start_server(small_limits_env())
     cap = SMALL.max_uploads
@@ -301,7 +297,9 @@ def test_uploads_are_counted_as_streams_and_capped(start_server):
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             sock.sendall(head(1000) + b"h")  # a body begun, not finished
             held.append(sock)
-        wait_for(lambda: in_progress(server.port) == cap, what=f"{cap} uploads in progress")
+        wait_until(
+            lambda: streams_in_progress(server.port) == cap, what=f"{cap} uploads in progress"
+        )
         refused = upload(server.port, b"x" * 10, 10)
         assert refused.status == 503 and refused.header("Retry-After") == "1"
         assert "STREAMHTML_MAX_UPLOADS" in json.loads(refused.body)["detail"]
@@ -310,7 +308,7 @@ def test_uploads_are_counted_as_streams_and_capped(start_server):
     finally:
         for sock in held:
             sock.close()
-    wait_for(lambda: in_progress(server.port) == 0, what="the uploads to end")
+    wait_until(lambda: streams_in_progress(server.port) == 0, what="the uploads to end")
     assert upload(server.port, b"x" * 10, 10).status == 200
 
 
@@ -318,7 +316,7 @@ def test_an_upload_in_progress_is_cut_at_shutdown(start_server):
     server = start_server({**small_limits_env(), "GUNICORN_GRACEFUL_TIMEOUT": "1"})
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         sock.sendall(head(1000) + b"u")
-        wait_for(lambda: in_progress(server.port) == 1, what="the upload to be admitted")
+        wait_until(lambda: streams_in_progress(server.port) == 1, what="the upload to be admitted")
         started = time.monotonic()
         assert server.stop(signal.SIGTERM) == 0
         assert time.monotonic() - started < 5, "the worker waited for the body"

@@ -12,23 +12,12 @@ import time
 
 import pytest
 from siege_support import instance_rss_mib
-from support import request
+from support import request, streams_in_progress, wait_until
 from ws_support import BINARY, CLOSE, PING, PONG, TEXT, WsClient, close_payload, frame
 
 from streamhtml.settings import small_limits, small_limits_env
 
 SMALL = small_limits()
-
-
-def wait_for(predicate, timeout_s: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def in_progress(port: int) -> int:
-    return json.loads(request(port, "/health").body)["streams_in_progress"]
 
 
 def test_echo_returns_text_and_binary_messages_and_closes_cleanly(small_server):
@@ -199,12 +188,12 @@ def test_a_client_that_never_reads_is_cut_at_the_stall_timeout_and_frees_its_slo
     # Blocks of 4 KiB, unpaced, to a client that reads nothing: the send buffer fills.
     ws = WsClient(server.port, "/ws/stream?nblocks=200&block_size=4096&sleep_ms=0", rcvbuf=4096)
     try:
-        wait_for(lambda: in_progress(server.port) == 1, what="the stream to be admitted")
+        wait_until(lambda: streams_in_progress(server.port) == 1, what="the stream to be admitted")
         [line] = server.wait_for_request(
             timeout_s=SMALL.stall_timeout_s + 10, route="/ws/stream", outcome="stalled"
         )
         assert line["status"] == 101
-        wait_for(lambda: in_progress(server.port) == 0, what="the slot to be freed")
+        wait_until(lambda: streams_in_progress(server.port) == 0, what="the slot to be freed")
     finally:
         ws.close()
 
@@ -225,21 +214,23 @@ def test_websockets_are_counted_as_streams_and_refused_past_the_cap(start_server
     server = start_server({**small_limits_env(), "STREAMHTML_MAX_STREAMS": "2"})
     open_ = [WsClient(server.port, "/ws/echo") for _ in range(2)]
     try:
-        wait_for(lambda: in_progress(server.port) == 2, what="2 WebSockets in progress")
+        wait_until(lambda: streams_in_progress(server.port) == 2, what="2 WebSockets in progress")
         refused = WsClient(server.port, "/ws/echo")
         assert refused.status == 503
         refused.close()
     finally:
         for ws in open_:
             ws.close()
-    wait_for(lambda: in_progress(server.port) == 0, what="their slots to be freed")
+    wait_until(lambda: streams_in_progress(server.port) == 0, what="their slots to be freed")
 
 
 def test_websockets_are_closed_with_1001_at_shutdown(start_server):
     server = start_server({**small_limits_env(), "GUNICORN_GRACEFUL_TIMEOUT": "1"})
     ws = WsClient(server.port, "/ws/echo", timeout_s=10)
     try:
-        wait_for(lambda: in_progress(server.port) == 1, what="the WebSocket to be admitted")
+        wait_until(
+            lambda: streams_in_progress(server.port) == 1, what="the WebSocket to be admitted"
+        )
         stopping = threading.Thread(target=server.stop, daemon=True)
         stopping.start()
         _, close = ws.until_close()
@@ -259,7 +250,9 @@ def test_500_idle_websockets_leave_health_fast_and_memory_within_the_quota(start
             ws = WsClient(server.port, "/ws/echo", timeout_s=20)
             assert ws.status == 101, ws.status_line
             sockets.append(ws)
-        wait_for(lambda: in_progress(server.port) == 500, what="500 WebSockets", timeout_s=20)
+        wait_until(
+            lambda: streams_in_progress(server.port) == 500, what="500 WebSockets", timeout_s=20
+        )
         slowest = 0.0
         for _ in range(20):
             started = time.monotonic()
@@ -276,7 +269,7 @@ def test_500_idle_websockets_leave_health_fast_and_memory_within_the_quota(start
     finally:
         for ws in sockets:
             ws.close()
-    wait_for(lambda: in_progress(server.port) == 0, what="500 slots to be freed")
+    wait_until(lambda: streams_in_progress(server.port) == 0, what="500 slots to be freed")
 
 
 def test_frames_are_built_as_rfc_6455_says():
