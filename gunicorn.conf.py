@@ -25,7 +25,7 @@ _metrics_dir_made_here = os.environ.get(_MADE_HERE)
 if _metrics_dir_made_here != os.environ["PROMETHEUS_MULTIPROC_DIR"]:
     _metrics_dir_made_here = None
 
-from streamhtml import capacity, logs, memory, metrics  # noqa: E402
+from streamhtml import capacity, clients, logs, memory, metrics  # noqa: E402
 from streamhtml.settings import SettingsError, load_settings  # noqa: E402
 
 try:
@@ -79,6 +79,7 @@ memory.limit_arenas()
 # of a shared page before forking it, and clears the slot when the worker exits, however it died.
 def pre_fork(server, worker):
     capacity.assign_slot(worker)
+    clients.clear_row(worker.streamhtml_slot)  # the per-client counts, likewise
 
 
 def post_fork(server, worker):
@@ -86,7 +87,10 @@ def post_fork(server, worker):
 
 
 def child_exit(server, worker):
+    slot = getattr(worker, "streamhtml_slot", None)
     capacity.release_slot(worker)
+    if slot is not None:
+        clients.clear_row(slot)
     metrics.mark_worker_dead(worker.pid)
 
 

@@ -32,3 +32,21 @@ def streamhtml():
 @app.route("/health")
 def health():
     return "ok\n"
+
+
+@app.route("/export-naive.csv")
+def export_naive():
+    """The seed's pattern over the real table (bench/exports.py): a client-side cursor, every
+    row in memory (fetchall), then one ','.join line a row. DATABASE_URL names the database."""
+    import os
+
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        rows = conn.execute("SELECT * FROM dataset ORDER BY id").fetchall()
+
+    def generate():
+        for row in rows:
+            yield ",".join(map(str, row)) + "\n"
+
+    return Response(generate(), content_type="text/csv")

@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+import exports
 import siege
 import uploads
 import websocket_rows
@@ -303,11 +304,12 @@ def siege_starter(args, tmp: Path):
     started = [0]
     memory_mib = siege.manifest_memory_mib(args.project)
 
-    def start() -> Server:
+    def start(env: dict | None = None) -> Server:
         started[0] += 1
         servers = start_servers(args, tmp, 0)
         project = servers["project"]
         project.env["MEMORY_LIMIT"] = f"{memory_mib}m"
+        project.env.update(env or {})  # a measurement's own settings (bench/siege.py)
         project.log = OUT / f"siege-{started[0]}.log"
         project.start()
         return project
@@ -1011,6 +1013,7 @@ def write_results(args, run: dict, lines, target_lines, pngs) -> None:
         *target_lines,
         "",
         *siege_section(run),
+        *exports.section(run.get("exports")),
         *([SWEEP_RECORD.read_text().rstrip("\n"), ""] if SWEEP_RECORD.exists() else []),
         "## Plots",
         "",
@@ -1057,6 +1060,11 @@ def main() -> int:
         "1 GiB to /upload and to nginx discarding it, and WebSocket messages/s), no siege; "
         "pair it with --results elsewhere, the rest of the table is empty",
     )
+    parser.add_argument(
+        "--exports-only",
+        action="store_true",
+        help="only the exports' rows (bench/exports.py), to bench/out/exports.md",
+    )
     args = parser.parse_args()
     args.env = dict(item.split("=", 1) for item in args.env)
     args.project = args.project.resolve()
@@ -1070,6 +1078,13 @@ def main() -> int:
     raise_fd_limit()
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
+    if args.exports_only:
+        exports_run = exports.measure(args.rounds or 3, OUT)
+        (OUT / "exports.json").write_text(json.dumps(exports_run, indent=1))
+        lines = exports.section(exports_run)
+        (OUT / "exports.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+        return 0
     with open(OUT / "raw.log", "w") as RAW:
         return measure(args, mode)
 
@@ -1091,12 +1106,16 @@ def measure(args, mode: dict) -> int:
             print(f"round {round_no} of {mode['rounds']}", flush=True)
             run_round(args, mode, tmp, round_no, data)
         siege_figures: dict = {}
+        exports_run = None
         if not args.only:
             print("siege", flush=True)
             siege_figures = siege.measure(siege_starter(args, tmp), args.quick, print)
+            print("exports", flush=True)
+            exports_run = exports.measure(1 if args.quick else 3, OUT)
     loads.append(os.getloadavg()[0])
     run_facts = {"mode": mode, "data": data, "commands": COMMANDS, "loads": loads}
     run_facts["siege"] = siege_figures
+    run_facts["exports"] = exports_run
     run_facts.update(env=args.env, quick=args.quick, only=args.only)
     tree = project_revision(args.project) + (f"; {args.note}" if args.note else "")
     run_facts["facts"] = {**machine(), "project tree": tree}

@@ -9,7 +9,11 @@ MEMORY_LIMIT set to the manifest's memory as Cloud Foundry sets it:
   the kernel memory of the app's own sockets (`ss -tmn`, skmem t + w + r, local port = the
   app's), each divided by N;
 - /health under each attack of siege_support.ATTACKS: probes as Cloud Foundry's health check
-  sends them (a new connection every 100 ms, 1 s budget), p99 and the share answered in time.
+  sends them (a new connection every 100 ms, 1 s budget), p99 and the share answered in time,
+  with the peak RSS, alone and with the app's socket buffers;
+- 499 small paced streams at MEMORY_LIMIT=256M: how many are admitted;
+- one client asking for 500 paced streams with STREAMHTML_MAX_STREAMS_PER_CLIENT=50: how many
+  it gets, whether another client still gets its stream, and /health meanwhile.
 """
 
 from __future__ import annotations
@@ -115,6 +119,51 @@ def attack_health(start, attack, seconds: float) -> dict:
             "in_time": health.answered_in_time,
             "probes": health.probes,
             "peak_rss_mib": watch.peak_rss_mib,
+            "peak_total_mib": watch.peak_total_mib,
+        }
+    finally:
+        server.stop()
+
+
+SMALL_PACED = "/streamhtml?nblocks=2&block_size=256&sleep_ms=3000"
+
+
+def small_paced_streams(start, count: int = 499) -> dict:
+    """How many of `count` small paced streams a 256M instance admits at once."""
+    server = start({"MEMORY_LIMIT": "256m"})
+    asked = f"GET {SMALL_PACED} HTTP/1.1\r\nHost: b\r\n\r\n".encode()
+    try:
+        with siege.connections(server.port, count, asked) as held:
+            statuses = [siege.read_status(sock) for sock in held]
+        return {"asked": count, "admitted": statuses.count(200)}
+    finally:
+        server.stop()
+
+
+def one_client_takes_all(start, cap: int = 50, asked_for: int = 500) -> dict:
+    """One client asks for `asked_for` paced streams under a per-client cap of `cap`."""
+    server = start({"STREAMHTML_MAX_STREAMS_PER_CLIENT": str(cap)})
+    asked = f"GET {SMALL_PACED} HTTP/1.1\r\nHost: b\r\n\r\n".encode()
+    try:
+        with (
+            siege.Watch(Instance(server)) as watch,
+            siege.connections(server.port, asked_for, asked) as held,
+        ):
+            statuses = [siege.read_status(sock) for sock in held]
+            with siege.connect(server.port, source="127.0.0.2") as other:
+                other.sendall(asked)
+                other_status = siege.read_status(other)
+            time.sleep(2.0)  # /health is probed while the client holds its streams
+        health = watch.health
+        return {
+            "cap": cap,
+            "asked": asked_for,
+            "admitted": statuses.count(200),
+            "other_status": other_status,
+            "p99_ms": health.p99_s * 1000 if health.probes else math.nan,
+            "in_time": health.answered_in_time,
+            "probes": health.probes,
+            "peak_total_mib": watch.peak_total_mib,
         }
     finally:
         server.stop()
@@ -133,6 +182,10 @@ def measure(start, quick: bool, log) -> dict:
         result = attack_health(start, attack, seconds)
         figures["attacks"][name] = result
         log(f"  siege: {name}: {result}")
+    figures["small_paced"] = small_paced_streams(start)
+    log(f"  siege: small paced streams at 256M: {figures['small_paced']}")
+    figures["per_client"] = one_client_takes_all(start)
+    log(f"  siege: one client, a per-client cap: {figures['per_client']}")
     return figures
 
 
@@ -163,17 +216,36 @@ def rows(figures: dict, sweep_500: dict | None) -> list[str]:
         " new connection every 100 ms as Cloud Foundry's health check does (a probe that fails"
         " or takes 1 s counts as 1 s).",
         "",
-        "| attack | /health p99 | answered within 1 s | probes | peak RSS |",
-        "|---|---:|---:|---:|---:|",
+        "| attack | /health p99 | answered within 1 s | probes | peak RSS |"
+        " peak RSS + socket buffers |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, result in figures["attacks"].items():
+        total = result.get("peak_total_mib")
         lines.append(
             f"| {name} | {result['p99_ms']:,.0f} ms | {result['in_time']:.1%}"
-            f" | {result['probes']} | {result['peak_rss_mib']:.0f} MiB |"
+            f" | {result['probes']} | {result['peak_rss_mib']:.0f} MiB"
+            f" | {'–' if total is None else f'{total:.0f} MiB'} |"
+        )
+    client = figures.get("per_client")
+    if client:
+        lines.append(
+            f"| one client asks for {client['asked']} paced streams, "
+            f"`STREAMHTML_MAX_STREAMS_PER_CLIENT={client['cap']}`: it gets {client['admitted']},"
+            f" another client's stream {client['other_status']}"
+            f" | {client['p99_ms']:,.0f} ms | {client['in_time']:.1%} | {client['probes']} | –"
+            f" | {client['peak_total_mib']:.0f} MiB |"
         )
     if sweep_500:
         lines.append(
             "| 500 concurrent streams of 16 KiB blocks (the sweep above, wrk; median of rounds)"
-            f" | {sweep_500['p99_ms']:,.0f} ms | {sweep_500['in_time']:.1%} | – | – |"
+            f" | {sweep_500['p99_ms']:,.0f} ms | {sweep_500['in_time']:.1%} | – | – | – |"
         )
+    small = figures.get("small_paced")
+    if small:
+        lines += [
+            "",
+            f"At `MEMORY_LIMIT=256M`, {small['admitted']} of {small['asked']} concurrent paced"
+            " streams of 512 bytes were admitted (`bench/siege.py` `small_paced_streams`).",
+        ]
     return lines

@@ -31,7 +31,10 @@ _CONNECTIONS_COLUMN = MAX_ROUTES + 1
 # Database connections this worker has taken from its pool, and requests waiting for one.
 _DB_IN_USE_COLUMN = MAX_ROUTES + 2
 _DB_WAITING_COLUMN = MAX_ROUTES + 3
-_COLUMNS = MAX_ROUTES + 4
+# The kernel bytes that answers idle clients left unread hold (streamhtml/answers.py): they
+# count against the memory budget as streams' bytes do.
+_UNREAD_COLUMN = MAX_ROUTES + 4
+_COLUMNS = MAX_ROUTES + 5
 # After the slots, one cell: how many slots from the first have ever been given out, so a sum
 # reads those only (two workers: two slots, not 256; /health and every admission sum).
 _SLOTS_USED = MAX_SLOTS * _COLUMNS
@@ -47,6 +50,7 @@ class Cuttable(Protocol):
 FULL = "instance full"
 WORKER_FULL = "worker full"
 CSV_FULL = "csv downloads full"  # /large.csv's cap: "<what> full", as every route cap
+CLIENT_FULL = "client full"
 MEMORY_FULL = "memory budget full"
 SHUTTING_DOWN = "shutting down"
 
@@ -78,6 +82,7 @@ class Caps:
     small_stream_bytes: int | None = None
     # Caps declared with the routes (streamhtml/streaming.py), by route.
     route_caps: Mapping[str, RouteCap] = field(default_factory=dict)
+    max_streams_per_client: int | None = None
 
 
 # gunicorn hooks, in the master -----------------------------------------------------------
@@ -106,10 +111,21 @@ def _clear(slot: int) -> None:
 # In the worker ------------------------------------------------------------------------------
 
 
+class ClientCounts(Protocol):
+    def take(self, client: str) -> bool: ...
+    def give_back(self, client: str) -> None: ...
+
+
 class Tracker:
     """The live streams of one worker process, counted in its slot; thread-safe."""
 
-    def __init__(self, caps: Caps, routes: Sequence[str], slot: int | None = None):
+    def __init__(
+        self,
+        caps: Caps,
+        routes: Sequence[str],
+        slot: int | None = None,
+        clients: ClientCounts | None = None,
+    ):
         routes = tuple(route for route in routes if route != OTHER_ROUTE) + (OTHER_ROUTE,)
         if len(routes) > MAX_ROUTES:
             raise ValueError(f"at most {MAX_ROUTES - 1} stream routes are counted")
@@ -121,7 +137,9 @@ class Tracker:
         # Without a slot (Flask's test client) the counts live in this process only.
         self._counts = [0] * _COLUMNS if slot is None else None
         self._lock = threading.Lock()
-        self._live: dict[int, tuple[Cuttable, str, int]] = {}
+        self._live: dict[int, tuple[Cuttable, str, int, str | None]] = {}
+        # Per-client counts (streamhtml/clients.py), when the operator set a per-client cap.
+        self.clients = clients if caps.max_streams_per_client else None
         self.shutting_down = False
         self._grace_over = False
         self.ended_here = 0  # streams of this process that have ended, ever
@@ -152,10 +170,14 @@ class Tracker:
         )
 
     def held_bytes(self) -> int:
-        return self._instance_sum(_BYTES_COLUMN)
+        """What streams and unread answers hold on the instance, against the memory budget."""
+        return self._instance_sum(_BYTES_COLUMN) + unread_answer_bytes()
 
-    def admit(self, stream: Cuttable, route: str, cost_bytes: int) -> str | None:
-        """Count `stream` in; None when admitted, else why it was refused."""
+    def admit(
+        self, stream: Cuttable, route: str, cost_bytes: int, client: str | None = None
+    ) -> str | None:
+        """Count `stream` in; None when admitted, else why it was refused. `client` counts
+        against the per-client cap, if there is one (`clients`)."""
         caps = self.caps
         with self._lock:
             # A worker told to stop may still take a request it had already accepted (a
@@ -180,7 +202,11 @@ class Tracker:
                     return MEMORY_FULL
             if route not in self._column:
                 route = OTHER_ROUTE
-            self._live[id(stream)] = (stream, route, cost_bytes)
+            if self.clients is None or client is None:
+                client = None
+            elif not self.clients.take(client):
+                return CLIENT_FULL
+            self._live[id(stream)] = (stream, route, cost_bytes, client)
             self._add(self._column[route], 1)
             self._add(_BYTES_COLUMN, cost_bytes)
             return None
@@ -190,9 +216,11 @@ class Tracker:
             entry = self._live.pop(id(stream), None)
             if entry is not None:
                 self.ended_here += 1
-                _, route, cost_bytes = entry
+                _, route, cost_bytes, client = entry
                 self._add(self._column[route], -1)
                 self._add(_BYTES_COLUMN, -cost_bytes)
+                if client is not None and self.clients is not None:
+                    self.clients.give_back(client)
 
     def begin_shutdown(self, grace_s: float) -> threading.Timer | None:
         """SIGTERM: let streams run until `grace_s` from now, then cut those still running.
@@ -212,7 +240,7 @@ class Tracker:
     def cut_all(self, outcome: str = SHUTDOWN) -> None:
         with self._lock:
             self._grace_over = True
-            streams = [stream for stream, _, _ in self._live.values()]
+            streams = [entry[0] for entry in self._live.values()]
         for stream in streams:
             stream.cut(outcome)
         if streams:
@@ -264,6 +292,31 @@ def db_connections() -> tuple[int, int]:
     return sum(_every_slot(_DB_IN_USE_COLUMN)), sum(_every_slot(_DB_WAITING_COLUMN))
 
 
+def publish_unread_bytes(held: int) -> None:
+    """The kernel bytes this worker's idle connections hold in answers left unread."""
+    if _worker_slot is not None:
+        _page[_worker_slot * _COLUMNS + _UNREAD_COLUMN] = held
+    else:
+        _unread_here[0] = held
+
+
+_unread_here = [0]  # without a slot (one process, tests): this process's own
+
+
+def unread_answer_bytes() -> int:
+    """What unread answers hold on the whole instance."""
+    if _worker_slot is None:
+        return _unread_here[0]
+    return sum(_every_slot(_UNREAD_COLUMN))
+
+
+def held_bytes_of_instance() -> int:
+    """What streams and unread answers hold on the instance (a Tracker's held_bytes())."""
+    if _process_tracker is not None:
+        return _process_tracker.held_bytes()
+    return unread_answer_bytes()
+
+
 def fewest_connections_elsewhere() -> int | None:
     """The fewest connections another accepting worker holds; None when no other accepts."""
     if _worker_slot is None:
@@ -276,11 +329,21 @@ def fewest_connections_elsewhere() -> int | None:
     return min(others) - 1 if others else None
 
 
-def new_tracker(caps: Caps, routes: Sequence[str]) -> Tracker:
+def new_tracker(caps: Caps, routes: Sequence[str], clients: ClientCounts | None = None) -> Tracker:
     """The tracker of the app being built; SIGTERM reaches the latest one of this process."""
     global _process_tracker
-    _process_tracker = Tracker(caps, routes, _worker_slot)
+    _process_tracker = Tracker(caps, routes, _worker_slot, clients)
     return _process_tracker
+
+
+def worker_slot() -> int | None:
+    """This worker's slot; None outside a worker (the master, Flask's test client)."""
+    return _worker_slot
+
+
+def slots_used() -> int:
+    """How many slots from the first have ever been given out."""
+    return _page[_SLOTS_USED]
 
 
 def ended_in_this_process() -> int:

@@ -110,7 +110,13 @@ def send(root: str, name: str) -> Response:
     return response
 
 
-def admit(response: Response, streams: Tracker, cost_bytes: int, duration_s: int) -> str | None:
+def admit(
+    response: Response,
+    streams: Tracker,
+    cost_bytes: int,
+    duration_s: int,
+    client: str | None = None,
+) -> str | None:
     """Count a file's answer with a body in as a stream, with a deadline `duration_s` away;
     None when admitted (or there is no body to send), else why it was refused (the file is
     closed). The worker sends it with sendfile (streamhtml/response.py), which marks the
@@ -120,7 +126,7 @@ def admit(response: Response, streams: Tracker, cost_bytes: int, duration_s: int
     if body is None or environ["REQUEST_METHOD"] == "HEAD":
         return None  # HEAD, a 304: Werkzeug sends no body, and closes the file itself
     live = LiveStream(iter(()), env.client_socket(environ), duration_s)
-    refused = streams.admit(live, env.route_of(environ) or request.path, cost_bytes)
+    refused = streams.admit(live, env.route_of(environ) or request.path, cost_bytes, client)
     if refused:
         response.close()
         live.close()

@@ -24,6 +24,13 @@ TEXT_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 JSON_RENAMES = {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}
 
+# The most one request line can take, in bytes with its newline, JSON or text, whatever the
+# client sent: each of its six fields of client text is clipped to observe.MAX_LOGGED_BYTES
+# once written, the message to twice that, and every other field is the app's own (an id it
+# checked, a number, a route, an address). tests/test_request_line.py holds it to this.
+MAX_REQUEST_LINE_BYTES = 4608
+MAX_MESSAGE_BYTES = 2 * observe.MAX_LOGGED_BYTES
+
 # A path may carry %0a once decoded: in a text line it would start a forged line.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -101,11 +108,12 @@ def summary(record: observe.RequestRecord) -> str:
     queue = f" queue {record.queue_ms:.1f} ms" if record.queue_ms is not None else ""
     if record.error:
         queue += f" ({record.error})"
-    return (
+    text = (
         f"{record.method or '-'} {record.path or '-'}{query} {record.status} "
         f"{record.bytes_sent} bytes "
         f"{record.duration_ms:.1f} ms {record.outcome}{queue}"
     )
+    return observe.clipped(text, MAX_MESSAGE_BYTES) or ""
 
 
 def _text(value: str | None) -> str:

@@ -28,8 +28,13 @@ REQUEST_ID_HEADER = "X-Vcap-Request-Id"
 _REQUEST_ID = re.compile(r"[0-9A-Za-z-]{8,64}")
 # Methods are counted as one of these or "other", so invented methods cannot grow /metrics.
 COUNTED_METHODS = ("GET", "HEAD")
-# Free text from the client is cut to this many characters in a log line.
-MAX_LOGGED_CHARS = 512
+# Free text from the client is cut to what takes at most this many bytes once written, in
+# JSON or text: a character limit let JSON's escapes (6 bytes a non-ASCII character, 12 an
+# astral one) turn 512 characters into 6 KiB. logs.MAX_REQUEST_LINE_BYTES is what a whole
+# request line can then cost (SECURITY.md).
+MAX_LOGGED_BYTES = 512
+CLIP_MARK = "…"
+_CLIP_MARK_BYTES = 6  # "\u2026" in JSON
 
 
 class _Noted(threading.local):
@@ -129,10 +134,34 @@ def publish(record: RequestRecord) -> None:
             log.exception("request observer %r failed", observer)
 
 
-def clipped(text: str | None) -> str | None:
-    if text is None or len(text) <= MAX_LOGGED_CHARS:
+def logged_bytes(char: str) -> int:
+    """The most bytes one character takes in a log line: JSON's escape of it, or the text
+    format's (a control character as `\\x0a`, anything else as UTF-8), whichever is longer."""
+    if " " <= char <= "~":
+        return 2 if char in '"\\' else 1
+    return 12 if char > "\uffff" else 6
+
+
+def clipped(text: str | None, most_bytes: int = MAX_LOGGED_BYTES) -> str | None:
+    """`text`, cut (and marked) so it takes at most `most_bytes` in a log line."""
+    if text is None:
+        return None
+    if len(text) * 12 <= most_bytes or (
+        text.isascii()
+        and text.isprintable()
+        and len(text) + text.count('"') + text.count("\\") <= most_bytes
+    ):
         return text
-    return text[:MAX_LOGGED_CHARS] + "…"
+    room = most_bytes - _CLIP_MARK_BYTES
+    taken = 0
+    cut_at = 0
+    for index, char in enumerate(text):
+        taken += logged_bytes(char)
+        if taken <= room:
+            cut_at = index + 1
+        elif taken > most_bytes:
+            return text[:cut_at] + CLIP_MARK
+    return text
 
 
 def _status(resp) -> int:

@@ -84,6 +84,8 @@ class StreamingResponse(wsgi.Response):
         self.environ: env.Environ = {}
         self._coalesce: bool | None = None
         self._timeout_s: float | None = None
+        # An answer that is not a stream: when its sends must be over (answers.WaitingAnswers).
+        self.answer_deadline: float | None = None
         # On the main loop: sends never wait, and a send that would raises WouldBlock.
         self.inline = False
         self._reset()
@@ -246,9 +248,10 @@ class StreamingResponse(wsgi.Response):
             self._send_all(parts, self._send_now)
             return
         stream = env.stream_of(self.environ)
-        deadline = None
+        deadline = self.answer_deadline
         if stream is not None:
-            deadline = stream.deadline
+            if deadline is None or stream.deadline < deadline:
+                deadline = stream.deadline
             stream.give_back_turn()
         self._send_all(parts, partial(self._send_waiting, deadline))
 

@@ -13,6 +13,7 @@ No Flask here: the routes (streamhtml/exports.py) hand `export()` to the stream 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import io
@@ -45,10 +46,14 @@ PAGE_BYTES = 512 * 1024
 EXPORT_HELD_BYTES = 2 * PAGE_BYTES
 # How long a client is told to wait while the embedded dataset is being made.
 FILLING_RETRY_AFTER_S = 2
+# A pooled connection idle this long is checked (a round trip) before a page is read on it.
+CHECK_IDLE_S = 1.0
 # A cancel is a connection of its own to the server; past this it is given up.
 CANCEL_TIMEOUT_S = 2.0
 # Failed connection attempts are logged at most this often, whatever the request rate.
 CONNECT_ERROR_LOG_EVERY_S = 10.0
+# How long a worker's exit waits for its pool's threads: a small share of the graceful timeout.
+POOL_CLOSE_TIMEOUT_S = 1.0
 
 log = logging.getLogger("streamhtml")
 
@@ -237,6 +242,10 @@ class PostgresSource:
             if self._pool is None or self._pool_pid != os.getpid():
                 self._pool = self._new_pool()
                 self._pool_pid = os.getpid()
+                # Closed while the interpreter still runs threads: left to the pool's __del__
+                # at finalization, it waits 5 s for each of its (by then frozen) threads, and
+                # the worker outlives the graceful timeout until it is killed.
+                atexit.register(self.close)
             return self._pool
 
     def _new_pool(self):
@@ -247,6 +256,9 @@ class PostgresSource:
         timeout_ms = str(self.statement_timeout_ms)
 
         class Connection(psycopg.Connection):
+            # When it was last given back to the pool (see `check` below).
+            given_back_at = 0.0
+
             # Each connection attempt's failure is kept (redacted), so a 503 can say why.
             @classmethod
             def connect(cls, *args, **kwargs):
@@ -261,6 +273,14 @@ class PostgresSource:
         def configure(connection) -> None:
             connection.execute(SESSION_SETTINGS, (timeout_ms,))
 
+        def check(connection) -> None:
+            # A round trip before every page was a seventh of an export's time. A connection
+            # given back moments ago (the last page of this export, most often) is taken as it
+            # is: should the server have dropped it in between, that page fails, as a page
+            # whose backend is terminated fails; one idle for longer is checked first.
+            if time.monotonic() - connection.given_back_at >= CHECK_IDLE_S:
+                ConnectionPool.check_connection(connection)
+
         pool = ConnectionPool(
             self.source.url,
             connection_class=Connection,
@@ -273,8 +293,13 @@ class PostgresSource:
             min_size=1,
             max_size=self.pool_size,
             timeout=self.pool_timeout_s,
+            # psycopg_pool retries a failed connection with a doubling delay (1, 2, 4, 8 s...)
+            # for reconnect_timeout (5 min by default), and starts no other attempt meanwhile:
+            # after an outage of a minute, exports would still get 503 for half a minute more.
+            # Given up after as long as a client waits, the next export tries again at once.
+            reconnect_timeout=self.pool_timeout_s,
             configure=configure,
-            check=ConnectionPool.check_connection,
+            check=check,
             name="streamhtml",
             open=False,
         )
@@ -313,6 +338,7 @@ class PostgresSource:
             yield connection
         finally:
             capacity.count_db(in_use=-1)
+            connection.given_back_at = time.monotonic()
             pool.putconn(connection)
 
     def _copy_query(self, fmt: str, after_id: int, rows: int, header: bool):
@@ -361,7 +387,7 @@ class PostgresSource:
 
     def close(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():
-            self._pool.close()
+            self._pool.close(timeout=POOL_CLOSE_TIMEOUT_S)
         self._pool = None
 
 
@@ -398,12 +424,22 @@ def export(
     sent = 0
     rows_next = page_rows
     header = fmt == CSV
+    hung_up: list[bool] = []
+
+    def watched(cancel: Callable[[], Any]) -> contextlib.AbstractContextManager:
+        def on_hang_up() -> None:
+            # A query cancelled because the client left is no failure of the database.
+            hung_up.append(True)
+            cancel()
+
+        return waiting(on_hang_up)
+
     while limit is None or sent < limit:
         asked = rows_next if limit is None else min(rows_next, limit - sent)
         try:
-            page = rows_source.page(fmt, after_id, asked, header, waiting)
+            page = rows_source.page(fmt, after_id, asked, header, watched)
         except SourceError as error:
-            if failed is not None:
+            if failed is not None and not hung_up:
                 failed(error.kind)
             raise
         header = False

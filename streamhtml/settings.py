@@ -242,6 +242,33 @@ class Limits:
         "largest WebSocket message a client may send, bytes; a larger one is closed with 1009",
         65536,
     )
+    max_streams_per_client: int = number(
+        "STREAMHTML_MAX_STREAMS_PER_CLIENT",
+        0,
+        0,
+        100_000,
+        "concurrent streams per client (its address; behind a proxy gunicorn's "
+        "`FORWARDED_ALLOW_IPS` trusts, the nearest untrusted address in X-Forwarded-For) per "
+        "instance; more get 503; 0: no per-client limit",
+    )
+    answer_timeout_s: int = number(
+        "STREAMHTML_ANSWER_TIMEOUT_S",
+        10,
+        1,
+        3600,
+        "an answer that is not a stream (a page, JSON, a file) has this long, seconds, from "
+        "when the socket first could not take it, to be taken whole; then it is cut "
+        "(`outcome=deadline`)",
+        2,
+    )
+    max_waiting_answers: int = number(
+        "STREAMHTML_MAX_WAITING_ANSWERS",
+        16,
+        1,
+        4096,
+        "answers that are not streams that may wait on a worker's threads at once for clients "
+        "that do not take them; past it such an answer is cut at once (`outcome=deadline`)",
+    )
     max_head_bytes: int = number(
         "STREAMHTML_MAX_HEAD_BYTES",
         16 * KiB,

@@ -15,7 +15,8 @@ from .generators import Pace, paced
 from .outcomes import CLIENT_GONE, COMPLETE, DEADLINE, ERROR
 
 # POLLRDHUP reports a peer's FIN even when the kernel has no data to read (Linux only).
-_HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+_RDHUP = getattr(select, "POLLRDHUP", 0)
+_HANGUP = _RDHUP | select.POLLHUP | select.POLLERR
 _WATCH = select.POLLIN | _HANGUP
 # The flags of a recv that looks without taking or waiting, as one int: or-ing the two enums
 # is a Python call each time.
@@ -53,20 +54,32 @@ class ClientWatcher:
             if self._poll is None:
                 time.sleep(remaining)
                 continue
-            if not self._poll.poll(remaining * 1000.0):
+            events = self._poll.poll(remaining * 1000.0)
+            if not events:
                 continue
-            if self._client_gone():
+            if self._client_gone(events[0][1]):
                 self.outcome = CLIENT_GONE
                 return False
-            # The client sent bytes (a pipelined request): nothing more to learn by polling.
-            time.sleep(max(0.0, wake_at - time.monotonic()))
-            break
+            # The client sent bytes (a pipelined request, a body) and is still there. They
+            # stay unread for the request's own reader; from now on only a hang-up wakes us.
+            assert self._sock is not None and self._poll is not None
+            if not _RDHUP:
+                # Without POLLRDHUP a FIN behind those bytes would not show: nothing more to
+                # learn by polling.
+                time.sleep(max(0.0, wake_at - time.monotonic()))
+                break
+            self._poll.modify(self._sock, _HANGUP)
         if time.monotonic() >= self._deadline:
             self.outcome = DEADLINE
             return False
         return True
 
-    def _client_gone(self) -> bool:
+    def _client_gone(self, revents: int) -> bool:
+        """Whether the client hung up or reset. A peek alone would take a byte left in the
+        buffer for presence, and a client that sent one more byte and closed would hold its
+        slot for the whole pause; the socket's own signals say it."""
+        if revents & _HANGUP:
+            return True
         assert self._sock is not None
         try:
             return self._sock.recv(1, PEEK_NOW) == b""

@@ -25,7 +25,7 @@ from functools import partial
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import Headers
 
-from . import capacity
+from . import capacity, clients
 from . import environ as env
 from .generators import Pace
 from .settings import RESERVED_THREADS, Limits, Settings
@@ -169,6 +169,35 @@ def stream_base_bytes(limits: Limits) -> int:
     return STREAM_RSS_BYTES + (2 * limits.send_buffer_bytes or AUTOTUNED_SEND_BUFFER_BYTES)
 
 
+# Beyond its body, what a stream's socket may be asked to hold: the response head, the SSE
+# heartbeats of its longest life, and each item's chunk framing (a hex size and two CRLFs).
+STREAM_EXTRA_BYTES = 4096
+CHUNK_FRAMING_BYTES = 12
+
+
+def stream_charge_bytes(
+    limits: Limits, held_bytes: int, most_bytes: int | None = None, items: int | None = None
+) -> int:
+    """What one stream is charged against the memory budget: what it keeps in the process
+    (STREAM_RSS_BYTES and `held_bytes`), and in the kernel the smaller of its send buffer and
+    all it has left to send, doubled as the kernel doubles SO_SNDBUF for its bookkeeping. A
+    stream of 512 bytes was charged a whole send buffer (320 KiB), and 408 such paced streams
+    filled a 256M instance's budget under a cap of 500. `items` unknown: each may be a byte."""
+    socket_bytes = 2 * limits.send_buffer_bytes or AUTOTUNED_SEND_BUFFER_BYTES
+    if most_bytes is not None:
+        framing = CHUNK_FRAMING_BYTES * (most_bytes if items is None else items)
+        socket_bytes = min(socket_bytes, 2 * (STREAM_EXTRA_BYTES + most_bytes + framing))
+    return STREAM_RSS_BYTES + socket_bytes + held_bytes
+
+
+def client_of(environ) -> str | None:
+    """Who the per-client cap counts this request against, when the operator set one."""
+    streams = current_app.extensions["streamhtml.tracker"]
+    if streams.clients is None:
+        return None
+    return clients.client_of(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"))
+
+
 def stream(
     make_chunks: Callable[..., Iterator],
     held_bytes: int,
@@ -215,7 +244,13 @@ def stream(
                 turns = None
         live = LiveStream(chunks, sock, limits.max_stream_duration_s, pace, preamble, turns)
     streams = extensions["streamhtml.tracker"]
-    refused = streams.admit(live, route, stream_base_bytes(limits) + held_bytes)
+    charge = stream_charge_bytes(
+        limits,
+        held_bytes,
+        None if most_bytes is None else most_bytes + len(preamble),
+        None if pace is None else pace.items,
+    )
+    refused = streams.admit(live, route, charge, client_of(environ))
     if refused:
         live.close()
         return over_capacity(refused, route)
@@ -248,6 +283,8 @@ def over_capacity(reason: str, route: str | None = None) -> Response:
         capacity.MEMORY_FULL: "the streams in progress hold this instance's memory budget "
         f"({limits.stream_memory_percent}% of MEMORY_LIMIT, STREAMHTML_STREAM_MEMORY_PERCENT)",
         capacity.SHUTTING_DOWN: "this instance is shutting down",
+        capacity.CLIENT_FULL: f"this client holds its maximum of {limits.max_streams_per_client}"
+        " concurrent streams on this instance (STREAMHTML_MAX_STREAMS_PER_CLIENT)",
     }.get(reason)
     if why is None and cap is not None:
         why = (

@@ -30,10 +30,11 @@ from .settings import Limits
 from .stream import shut_socket
 from .streaming import (
     UPLOADS,
+    client_of,
     error_response,
     over_capacity,
     settings,
-    stream_base_bytes,
+    stream_charge_bytes,
     stream_route,
     uncached_json,
 )
@@ -263,10 +264,15 @@ def read_body(
             return
 
 
+# The answer, 100 arrivals and all, is a few KiB: what its socket may be asked to hold.
+ANSWER_MOST_BYTES = 8192
+
+
 def upload_cost_bytes(limits: Limits) -> int:
-    """What an upload holds: a stream's thread and send buffer, its read buffer, and its
-    kernel receive buffer (doubled by the kernel)."""
-    return stream_base_bytes(limits) + READ_BYTES + 2 * RECEIVE_BUFFER_BYTES
+    """What an upload holds: a stream's thread and the socket room for its answer, its read
+    buffer, and its kernel receive buffer (doubled by the kernel)."""
+    held = READ_BYTES + 2 * RECEIVE_BUFFER_BYTES
+    return stream_charge_bytes(limits, held, ANSWER_MOST_BYTES, items=1)
 
 
 def body_framing() -> int | None:
@@ -295,7 +301,7 @@ def upload():
     head_at = time.monotonic() - max(0.0, time.time() - (env.received_at(environ) or time.time()))
     current = Upload(sock, time.monotonic() + limits.max_stream_duration_s)
     tracker = current_app.extensions["streamhtml.tracker"]
-    refused = tracker.admit(current, "/upload", upload_cost_bytes(limits))
+    refused = tracker.admit(current, "/upload", upload_cost_bytes(limits), client_of(environ))
     if refused:
         return over_capacity(refused, "/upload")
     received = Received()

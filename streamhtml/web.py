@@ -15,7 +15,17 @@ from flask import Blueprint, Flask, Response, current_app, render_template, requ
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.routing import WebsocketMismatch
 
-from . import __version__, capacity, exports, files, metrics, observe, uploads, websockets
+from . import (
+    __version__,
+    capacity,
+    clients,
+    exports,
+    files,
+    metrics,
+    observe,
+    uploads,
+    websockets,
+)
 from . import environ as env
 from .generators import (
     CSV_CHUNK_BYTES,
@@ -45,6 +55,7 @@ from .streaming import (
     CSV_DOWNLOADS,
     DECLARED,
     STREAM_HEADERS,
+    client_of,
     error_response,
     over_capacity,
     route_caps,
@@ -190,7 +201,9 @@ def send_file_from_directory(name: str = ""):
     response = files.send(current.content.files_dir, name)
     limits = current.limits
     cost_bytes = stream_base_bytes(limits)  # its send buffer and thread: no block of its own
-    refused = files.admit(response, tracker(), cost_bytes, limits.max_stream_duration_s)
+    refused = files.admit(
+        response, tracker(), cost_bytes, limits.max_stream_duration_s, client_of(request.environ)
+    )
     return over_capacity(refused) if refused else response
 
 
@@ -252,8 +265,10 @@ def create_app(app_settings: Settings | None = None, blueprints: Iterable[Bluepr
         memory_budget_bytes=app_settings.stream_memory_budget_bytes,
         small_stream_bytes=stream_base_bytes(limits) + RING_MAX_BLOCK,
         route_caps=route_caps(limits),
+        max_streams_per_client=limits.max_streams_per_client or None,
     )
-    app.extensions["streamhtml.tracker"] = capacity.new_tracker(caps, tuple(DECLARED))
+    per_client = clients.ClientCap(caps.max_streams_per_client, capacity.worker_slot())
+    app.extensions["streamhtml.tracker"] = capacity.new_tracker(caps, tuple(DECLARED), per_client)
     app.extensions["streamhtml.turns"] = Turns(limits.producing_streams)
     exports.attach(app, app_settings)
     app.register_error_handler(BadParameter, bad_parameter)

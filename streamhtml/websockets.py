@@ -58,7 +58,14 @@ from .outcomes import (
 from .params import parse_stream_request
 from .settings import Limits
 from .stream import shut_socket
-from .streaming import error_response, over_capacity, settings, stream_base_bytes, stream_route
+from .streaming import (
+    client_of,
+    error_response,
+    over_capacity,
+    settings,
+    stream_base_bytes,
+    stream_route,
+)
 
 routes = Blueprint("websockets", __name__)
 
@@ -271,7 +278,9 @@ def serve(messages: Iterator[bytes] | None = None, pause_s: float = 0.0) -> Resp
     route = env.route_of(environ) or request.path
     session = Session(sock, limits)
     tracker = current_app.extensions["streamhtml.tracker"]
-    refused = tracker.admit(session, route, stream_base_bytes(limits) + READ_BYTES)
+    # Charged as a stream with no end in sight: its send buffer whole, and its read buffer.
+    cost_bytes = stream_base_bytes(limits) + READ_BYTES
+    refused = tracker.admit(session, route, cost_bytes, client_of(environ))
     if refused:
         return over_capacity(refused, route)
     started = time.monotonic()

@@ -8,6 +8,7 @@ on entry it opens its connections and starts misbehaving, on exit it lets go of 
 import contextlib
 import json
 import re
+import select
 import socket
 import statistics
 import subprocess
@@ -44,6 +45,35 @@ def kernel_tcp_mib() -> float:
     return 0.0
 
 
+def app_socket_mib(port: int) -> float:
+    """Kernel memory of the sockets whose local port is `port` (the app's side of every
+    connection): `ss -tm` skmem t + w + r, in MiB."""
+    out = subprocess.run(
+        ["ss", "-tmnH", "state", "all", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    total = 0
+    for found in re.finditer(r"skmem:\(([^)]*)\)", out):
+        cells = dict(re.findall(r"([a-z]+)(\d+)", found.group(1)))
+        total += sum(int(cells.get(name, 0)) for name in ("t", "w", "r"))
+    return total / 2**20
+
+
+def streams_in_progress(port: int) -> int | None:
+    """The instance's live streams, as /health says; None if it did not answer."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(HEALTH)
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        return json.loads(reply.partition(b"\r\n\r\n")[2])["streams_in_progress"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @dataclass
 class HealthReport:
     latencies_s: list = field(default_factory=list)  # None for a probe that failed
@@ -73,6 +103,7 @@ class Watch:
         self.probe_every_s = probe_every_s
         self.health = HealthReport()
         self.peak_rss_mib = 0.0
+        self.peak_total_mib = 0.0  # RSS and the app's socket buffers, sampled together
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._probe, daemon=True),
@@ -95,8 +126,14 @@ class Watch:
             self._stop.wait(self.probe_every_s)
 
     def _sample(self) -> None:
+        sockets_mib, sockets_at = 0.0, 0.0
         while not self._stop.is_set():
-            self.peak_rss_mib = max(self.peak_rss_mib, instance_rss_mib(self.server))
+            rss = instance_rss_mib(self.server)
+            if time.monotonic() - sockets_at >= 1.0:
+                # ss costs CPU the instance would miss: once a second, with the RSS of then.
+                sockets_mib, sockets_at = app_socket_mib(self.server.port), time.monotonic()
+            self.peak_rss_mib = max(self.peak_rss_mib, rss)
+            self.peak_total_mib = max(self.peak_total_mib, rss + sockets_mib)
             self._stop.wait(0.2)
 
 
@@ -116,11 +153,13 @@ def probe_health(port: int) -> float | None:
     return time.monotonic() - started if reply.startswith(b"HTTP/1.1 200") else None
 
 
-def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
+def connect(port: int, rcvbuf: int | None = None, source: str | None = None) -> socket.socket:
     sock = socket.socket()
     if rcvbuf:
         # Set before connecting, so the window the client advertises stays this small.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if source:
+        sock.bind((source, 0))  # another client: any address of 127.0.0.0/8 is this host
     sock.settimeout(5)
     sock.connect(("127.0.0.1", port))
     return sock
@@ -140,6 +179,23 @@ def connections(port: int, count: int, send: bytes = b"", rcvbuf: int | None = N
     finally:
         for sock in opened:
             sock.close()
+
+
+def read_start(sock: socket.socket) -> bytes:
+    """The start of the answer a connection is getting, its status line at least if any."""
+    start = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n" not in start and (chunk := sock.recv(4096)):
+            start += chunk
+    return start
+
+
+def read_status(sock: socket.socket) -> int:
+    """The status of the answer a connection is getting (0 if none came)."""
+    try:
+        return int(read_start(sock).split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 def stalled_readers(port: int, count: int, path: str):
@@ -181,6 +237,96 @@ def downloads(port: int, count: int, path: str) -> Iterator[dict]:
     finally:
         out, _ = child.communicate("stop\n", timeout=30)
         statuses.update({int(status): n for status, n in json.loads(out or "{}").items()})
+
+
+@contextlib.contextmanager
+def attackers(*args: str) -> Iterator[None]:
+    """This file run as a process of its own (`args` say which attack), until released: its
+    appetite for the GIL then does not slow this process's /health probes."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield
+    finally:
+        child.communicate("stop\n", timeout=30)
+
+
+def pipelined_unread(port: int, count: int, path: str, requests: int):
+    """`count` connections that each pipeline `requests` GETs of `path` with a 4 KiB window
+    and never read the answers; each one cut or reset is opened again at once."""
+    return attackers("pipelined", str(port), path, str(count), str(requests))
+
+
+def _pipeline_until_told(port: int, path: str, count: int, requests: int) -> None:
+    asked = f"GET {path} HTTP/1.1\r\nHost: siege\r\n\r\n".encode() * requests
+    # Told of a hang-up or a reset without reading: the answers stay unread.
+    hangup = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+    watched = select.poll()
+    watched.register(sys.stdin, select.POLLIN)
+    open_by_fd: dict[int, socket.socket] = {}
+
+    def open_one() -> None:
+        try:
+            sock = connect(port, rcvbuf=4096)
+            sock.setblocking(False)
+            sock.send(asked)
+        except OSError:
+            return
+        open_by_fd[sock.fileno()] = sock
+        watched.register(sock, hangup)
+
+    for _ in range(count):
+        open_one()
+    while True:
+        for fd, _ in watched.poll(1000):
+            if fd == sys.stdin.fileno():
+                for sock in open_by_fd.values():
+                    sock.close()
+                return
+            watched.unregister(fd)
+            open_by_fd.pop(fd).close()
+            open_one()
+        while len(open_by_fd) < count:
+            open_one()
+
+
+def ghost_streams(port: int, clients: int, path: str):
+    """`clients` at a time ask for a paced stream, send one more byte (as if pipelining), take
+    the answer's head and close, over and over: nobody stays to read the stream."""
+    return attackers("ghosts", str(port), path, str(clients))
+
+
+def _ghosts_until_told(port: int, path: str, clients: int) -> None:
+    asked = f"GET {path} HTTP/1.1\r\nHost: siege\r\n\r\n".encode()
+    stop = threading.Event()
+
+    def haunt() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError), connect(port) as sock:
+                sock.sendall(asked)
+                # The head and the first block, all that comes before the pause: read whole,
+                # so the close is a FIN, not the reset that unread bytes would make.
+                taken = b""
+                while (
+                    not (b"\r\n\r\n" in taken and taken.endswith(b"\r\n"))
+                    or len(taken.partition(b"\r\n\r\n")[2]) < 64
+                ):
+                    if not (chunk := sock.recv(65536)):
+                        break
+                    taken += chunk
+                # Sent once the stream has started: read by nobody (the server read the head
+                # and anything with it already), it waits in the socket through the pause.
+                sock.sendall(b"G")
+            stop.wait(0.05)
+
+    threads = [threading.Thread(target=haunt, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    sys.stdin.readline()
+    stop.set()
+    for thread in threads:
+        thread.join(10)
 
 
 def _download_until_told(port: int, path: str, count: int) -> None:
@@ -237,6 +383,15 @@ ATTACKS = {
         port, 100, "/streamhtml?nblocks=1048576&block_size=16"
     ),
     "100 clients scraping /metrics over and over": lambda port: downloads(port, 100, "/metrics"),
+    "1,500 connections that pipeline 40 GET / each, never read, and come back when cut": (
+        lambda port: pipelined_unread(port, 1500, "/", 40)
+    ),
+    "100 clients that ask for a paced stream, send one byte more and close, over and over": (
+        lambda port: ghost_streams(port, 100, "/streamhtml?nblocks=10&block_size=64&sleep_ms=30000")
+    ),
+    "8,000 connections that send 16,000 bytes of a head that never ends": lambda port: (
+        partial_heads(port, 8000, b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 16_000)
+    ),
 }
 
 
@@ -256,5 +411,11 @@ def paced_stream_completes(port: int, nblocks: int = 6, sleep_ms: int = 200) -> 
 
 
 if __name__ == "__main__":
-    # The downloads' own process: siege_support.py download PORT PATH COUNT
-    _download_until_told(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    # The attackers' own process: siege_support.py KIND PORT PATH COUNT [REQUESTS]
+    kind, port_arg, path_arg, count_arg = sys.argv[1:5]
+    if kind == "download":
+        _download_until_told(int(port_arg), path_arg, int(count_arg))
+    elif kind == "pipelined":
+        _pipeline_until_told(int(port_arg), path_arg, int(count_arg), int(sys.argv[5]))
+    elif kind == "ghosts":
+        _ghosts_until_told(int(port_arg), path_arg, int(count_arg))

@@ -153,3 +153,21 @@ def test_shutdown_cuts_the_live_streams_when_the_grace_is_over_and_refuses_new_o
     timer.join(5)
     assert sorted(cut) == [("first", "cut_by_shutdown"), ("late", "cut_by_shutdown")]
     assert tracker.admit(stream(), "/streamhtml", 0) == capacity.SHUTTING_DOWN
+
+
+def test_a_stream_is_charged_the_smaller_of_its_body_and_its_send_buffer():
+    from streamhtml.settings import Limits
+    from streamhtml.streaming import STREAM_RSS_BYTES, stream_base_bytes, stream_charge_bytes
+
+    limits = Limits()  # a 128 KiB SO_SNDBUF: the kernel holds up to 256 KiB
+    small = stream_charge_bytes(limits, 512, most_bytes=512, items=1)
+    assert STREAM_RSS_BYTES < small <= STREAM_RSS_BYTES + 16 * 1024
+    # 499 paced streams of 512 bytes fit half of a 256M quota, with room to spare.
+    assert 499 * small < 128 * 1024 * 1024 * 0.5
+    large = stream_charge_bytes(limits, 1024, most_bytes=200 * 1024, items=200)
+    assert large == stream_base_bytes(limits) + 1024
+    assert stream_charge_bytes(limits, 0) == stream_base_bytes(limits)  # a body of no known size
+    # Items of unknown count may each be a byte, each with its chunk framing.
+    assert stream_charge_bytes(limits, 0, most_bytes=10_000) > stream_charge_bytes(
+        limits, 0, most_bytes=10_000, items=10
+    )

@@ -269,9 +269,10 @@ def test_a_sigkilled_worker_is_replaced_and_service_continues(start_server):
 
 def test_past_the_memory_budget_a_stream_gets_503_until_memory_is_given_back(start_server):
     # MEMORY_LIMIT as Cloud Foundry writes it; streams may hold half (2 MiB). A paced stream
-    # of 1 KiB blocks is charged ~321 KiB (docs/operations.md#memory): six fit.
+    # of 200 KiB, more than its send buffer holds, is charged ~321 KiB
+    # (docs/operations.md#memory): six fit.
     server = start_server({"MEMORY_LIMIT": "4m", "STREAMHTML_STREAM_MEMORY_PERCENT": "50"})
-    path = "/streamhtml?nblocks=20&block_size=1024&sleep_ms=1000"
+    path = "/streamhtml?nblocks=200&block_size=1024&sleep_ms=1000"
     held = [open_stream(server.port, path) for _ in range(6)]
     try:
         assert all(head.status == 200 for _, _, head in held)

@@ -66,3 +66,36 @@ def test_the_request_line_is_exactly_json_dumps_of_its_fields(instance_index, **
         }
     )
     assert logs.json_line(record, when, 4242, instance_index) == expected
+
+
+worst = st.text(alphabet=st.sampled_from('a"\\\n\x7fé\u2028\U0001f600'), max_size=2000)
+
+
+@given(path=worst, query=worst, error=worst, forwarded_for=worst, user_agent=worst)
+def test_one_request_line_takes_at_most_its_byte_limit_whatever_the_client_sent(**sent):
+    from streamhtml.observe import clipped
+
+    record = RequestRecord(
+        request_id="f" * 64,
+        method=clipped("M" * 20),
+        route="/streamhtml",
+        path=clipped(sent["path"]),
+        query=clipped(sent["query"]),
+        status=503,
+        bytes_sent=1 << 40,
+        duration_ms=1e12,
+        outcome="client_gone",
+        streamed=True,
+        queue_ms=-1e12,
+        error=clipped(sent["error"]),
+        peer_addr="ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        forwarded_for=clipped(sent["forwarded_for"]),
+        forwarded_trusted=True,
+        user_agent=clipped(sent["user_agent"]),
+    )
+    when = "2026-11-25 01:02:03,456"
+    json_bytes = len(logs.json_line(record, when, 4_194_304, "1000000").encode()) + 1
+    assert json_bytes <= logs.MAX_REQUEST_LINE_BYTES
+    message = logs.escape_controls(logs.summary(record))
+    text_line = f"{when} [4194304] [INFO] gunicorn.access: {message}"
+    assert len(text_line.encode("utf-8", "backslashreplace")) + 1 <= logs.MAX_REQUEST_LINE_BYTES

@@ -2,11 +2,16 @@
 tests see these outcomes in the access line; here every pairing of a way to iterate and a way
 to end is checked in process, including the rare ones (a generator failing mid-stream)."""
 
+import socket
+import struct
+import threading
+import time
+
 import pytest
 
 from streamhtml.generators import Pace
 from streamhtml.outcomes import CLIENT_GONE, COMPLETE, DEADLINE, ERROR, STALLED
-from streamhtml.stream import LiveStream, Turns
+from streamhtml.stream import ClientWatcher, LiveStream, Turns
 
 
 class Broken(Exception):
@@ -109,3 +114,46 @@ def test_a_paced_stream_whose_deadline_comes_in_a_pause_ends_there_at_its_deadli
     assert len(list(stream)) == 1
     stream.close()
     assert stream.outcome == DEADLINE
+
+
+def pause_in_thread(watcher: ClientWatcher, seconds: float) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(watcher.pause(seconds)))
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize(
+    "leave",
+    ["close", "one more byte, then close", "one more byte, then reset", "half-close"],
+)
+def test_a_pause_ends_within_a_second_of_a_hang_up_whatever_the_client_left_unread(leave):
+    ours, client = socket.socketpair()
+    with ours, client:
+        watcher = ClientWatcher(ours, time.monotonic() + 60)
+        thread, result = pause_in_thread(watcher, 30.0)
+        if leave != "close":
+            client.send(b"G")  # a pipelined byte, as a ghost stream's client sends
+            time.sleep(0.1)  # the watcher sees the byte first, then the hang-up
+        left_at = time.monotonic()
+        if leave == "half-close":
+            client.shutdown(socket.SHUT_WR)
+        else:
+            if leave.endswith("reset"):
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        thread.join(5)
+        assert result == [False] and watcher.outcome == CLIENT_GONE
+        assert time.monotonic() - left_at < 1.0
+        assert ours.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) in (b"G", b"")
+
+
+def test_a_client_that_sends_a_byte_and_stays_is_still_there_at_the_end_of_the_pause():
+    ours, client = socket.socketpair()
+    with ours, client:
+        watcher = ClientWatcher(ours, time.monotonic() + 60)
+        thread, result = pause_in_thread(watcher, 0.5)
+        client.send(b"G")
+        thread.join(5)
+        assert result == [True] and watcher.outcome is None
+        assert ours.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"G"  # left for the reader

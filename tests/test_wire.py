@@ -259,6 +259,25 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_stream(start_server):
     assert request(server.port, "/streamhtml?nblocks=2").status == 200
 
 
+@pytest.mark.parametrize("left_behind", [b"G", b"GET / HTTP/1.1\r\n\r\n"])
+def test_a_client_that_leaves_unread_bytes_behind_when_it_hangs_up_frees_its_slot_at_once(
+    start_server, left_behind
+):
+    server = start_server()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        send_request(sock, "/streamhtml?nblocks=3&block_size=64&sleep_ms=2000")
+        reader = sock.makefile("rb")
+        assert read_head(reader).status == 200
+        assert len(read_chunk(reader)) == 64
+        sock.sendall(left_behind)  # a pipelined byte or request: not a sign of presence
+        time.sleep(0.1)  # it reaches the server before the hang-up
+        hung_up = time.monotonic()
+        reader.close()
+    (line,) = server.wait_for_request(outcome="client_gone")
+    assert time.monotonic() - hung_up < 1.0
+    assert json.loads(request(server.port, "/health").body)["streams_in_progress"] == 0
+
+
 def test_a_stream_longer_than_the_worker_timeout_completes(start_server):
     server = start_server({"GUNICORN_TIMEOUT": "2"})
     reply = request(server.port, "/streamhtml?nblocks=9&block_size=128&sleep_ms=500")
@@ -440,3 +459,23 @@ def test_the_last_answer_arrives_whole_however_the_client_goes_on_sending(server
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     assert re.match(rb"HTTP/1\.[01] 200 ", head), head
     assert body.count(b"<br>\n") == 64, "the answer was cut short"
+
+
+def test_a_request_full_of_non_ascii_text_writes_at_most_the_log_lines_byte_limit(server):
+    from streamhtml.logs import MAX_REQUEST_LINE_BYTES
+
+    # 5.6 KB of head, most of it characters JSON writes as 6 bytes each.
+    reply = request(
+        server.port,
+        "/" + "%C3%A9" * 300 + "?q=" + "%FF" * 600,
+        headers={"User-Agent": "\xff" * 1000, "X-Forwarded-For": "\xe9" * 1000},
+    )
+    assert reply.status == 404
+    request_id = reply.header("X-Vcap-Request-Id")
+    deadline = time.monotonic() + 5
+    while not (lines := [line for line in server.log().splitlines() if request_id in line]):
+        assert time.monotonic() < deadline, "no request line"
+        time.sleep(0.05)
+    (line,) = lines
+    assert "\\u00c3\\u00a9" in line
+    assert len(line.encode()) + 1 <= MAX_REQUEST_LINE_BYTES

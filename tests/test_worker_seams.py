@@ -2,7 +2,10 @@
 here rather than quietly dropping a defence. The behaviour itself is tested on the wire
 (test_timeouts.py, test_siege.py); these say which gthread code the worker relies on."""
 
+import collections
 import importlib.metadata
+import io
+import socket
 from concurrent.futures import Future
 from types import SimpleNamespace
 
@@ -203,6 +206,36 @@ def test_gthread_closes_a_finished_connection_through_conn_close_graceful():
     done.set_result(False)
     ThreadWorker.finish_request(bare_worker(), conn, done)
     assert closed == [True]
+
+
+def test_gthread_keeps_a_connection_alive_by_appending_it_last_to_keepalived_conns():
+    # StreamingWorker.settle measures what a connection's client left unread right after
+    # gthread's finish_request, when it is the last of keepalived_conns (streamhtml/answers.py).
+    worker = bare_worker()
+    worker.poller = SimpleNamespace(register=lambda *args: None)
+    worker.keepalived_conns = collections.deque([SimpleNamespace()])
+    conn = SimpleNamespace(
+        sock=socket.socket(),
+        parser=SimpleNamespace(unreader=SimpleNamespace(buf=io.BytesIO())),
+        set_timeout=lambda: None,
+    )
+    with conn.sock:
+        done = Future()
+        done.set_result(True)
+        ThreadWorker.finish_request(worker, conn, done)
+    assert worker.keepalived_conns[-1] is conn
+
+
+def test_gthread_takes_a_kept_alive_connection_that_speaks_out_of_keepalived_conns():
+    # ...and forgets it as idle in enqueue_req, which gthread calls once it is readable.
+    worker = bare_worker()
+    worker.poller = SimpleNamespace(unregister=lambda sock: None)
+    conn = SimpleNamespace()
+    worker.keepalived_conns = collections.deque([conn])
+    enqueued = []
+    worker.enqueue_req = enqueued.append
+    ThreadWorker.on_client_socket_readable(worker, conn, None)
+    assert enqueued == [conn] and not worker.keepalived_conns
 
 
 class RecordingSocket:
