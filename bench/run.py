@@ -31,6 +31,8 @@ from pathlib import Path
 
 import exports
 import siege
+import uploads
+import websocket_rows
 from rss import RssWatch
 
 BENCH = Path(__file__).resolve().parent
@@ -84,6 +86,7 @@ http {{
         listen 127.0.0.1:{port};
         root {tmp}/www;
         location = /health {{ return 200 "ok\\n"; }}
+        {upload_location}
     }}
 }}
 """
@@ -265,7 +268,9 @@ def start_servers(args, tmp: Path, round_no: int) -> dict[str, Server]:
     minimal_env = {"PATH": path, "XDG_RUNTIME_DIR": str(tmp)}
     gunicorn = [f"{venv_bin}/gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{minimal_port}"]
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port))
+    conf.write_text(
+        NGINX_CONF.format(tmp=tmp, port=nginx_port, upload_location=uploads.NGINX_LOCATION)
+    )
     servers = {
         "project": Server(
             "project",
@@ -523,12 +528,16 @@ def run_round(args, mode: dict, tmp: Path, round_no: int, data: dict) -> None:
 
     try:
         for name in order:
-            if args.only == "files" and name == "minimal":
+            if args.only and name == "minimal":
                 continue
             servers[name].start()
             put("startup_s", name, servers[name].startup_s)
-        file_rows(servers, order, mode["stream_bytes"], put)
-        if args.only == "files":
+        if args.only != "uploads":
+            file_rows(servers, order, mode["stream_bytes"], put)
+        if args.only != "files":
+            uploads.upload_rows(servers, order, put, RssWatch)
+            websocket_rows.websocket_rows(servers, put)
+        if args.only:
             return
         for test, nblocks, size, n, c in LOAD_TESTS:
             for name in order:
@@ -656,6 +665,8 @@ ROWS = (
     ("stream_1024", "one stream, 1 KiB, use_static_data=1", "MiB/s", MIB, "stream_1024_static"),
     ("file", "one file from /files/ (sendfile)", "MiB/s", MIB, None),
     ("rss_file", "worker RSS growth, one file from /files/", "MiB", 1, None),
+    *uploads.ROWS,
+    *websocket_rows.ROWS,
     *(
         (f"rss_{s}", f"worker RSS growth, {s // 1024} KiB blocks", "MiB", 1, None)
         for s in RSS_BLOCK_SIZES
@@ -1008,9 +1019,10 @@ def main() -> int:
     parser.add_argument("--report", type=Path, metavar="JSON", help="only rewrite the report")
     parser.add_argument(
         "--only",
-        choices=("files",),
-        help="only these rows (files: /files/ and nginx's sendfile of the same file), no "
-        "siege; pair it with --results elsewhere, the rest of the table is empty",
+        choices=("files", "uploads"),
+        help="only these rows (files: /files/ and nginx's sendfile of the same file; uploads: "
+        "1 GiB to /upload and to nginx discarding it, and WebSocket messages/s), no siege; "
+        "pair it with --results elsewhere, the rest of the table is empty",
     )
     parser.add_argument(
         "--exports-only",

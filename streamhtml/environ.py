@@ -29,6 +29,7 @@ _REQUEST_ID = "streamhtml.request_id"
 _CUT = "streamhtml.cut"
 _ON_MAIN_LOOP = "streamhtml.on_main_loop"
 _NEEDS_THREAD = "streamhtml.needs_thread"
+_BODY = "streamhtml.body"
 
 # X-Request-Start as routers write it: gorouter in milliseconds since the epoch; others in
 # seconds or microseconds, with or without a fraction, sometimes behind "t=".
@@ -45,6 +46,22 @@ def client_socket(environ: Environ) -> socket.socket | None:
 def mark_received(environ: Environ, received_at_s: float) -> None:
     """Worker: the wall-clock moment the whole request head was in."""
     environ[_RECEIVED_AT] = received_at_s
+
+
+def received_at(environ: Environ) -> float | None:
+    return environ.get(_RECEIVED_AT)
+
+
+def mark_body(environ: Environ, take_buffered, expects_continue: bool) -> None:
+    """Worker: the request has a body; `take_buffered()` returns (once) the bytes of it that
+    arrived with the head, and `expects_continue` says the client waits for a 100 Continue,
+    which the route that reads the body sends (streamhtml/uploads.py), and no other."""
+    environ[_BODY] = (take_buffered, expects_continue)
+
+
+def body_of(environ: Environ) -> tuple | None:
+    """(take_buffered, expects_continue) for a request with a body, else None."""
+    return environ.get(_BODY)
 
 
 def mark_sends_buffers(environ: Environ) -> None:

@@ -6,3 +6,7 @@ SHUTDOWN = "cut_by_shutdown"
 STALLED = "stalled"
 DEADLINE = "deadline"
 ERROR = "error"
+# WebSockets only (streamhtml/websockets.py): closed with 1009, or with wsproto's code for a
+# protocol error (1002, 1007).
+TOO_BIG = "too_big"
+PROTOCOL_ERROR = "protocol_error"

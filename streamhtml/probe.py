@@ -18,6 +18,12 @@ they arrive, and reports the keep-alive comments apart) or ndjson (/ndjson; it c
 and reports each line's lateness: its time in transit, from its t_ms to its arrival, less the
 first line's, so the two clocks' offset cancels out).
 
+`--upload BYTES` asks the other way: does the path stream a request body up to the service,
+or hold it back? The probe POSTs BYTES to /upload in `--nblocks` chunks (chunked transfer
+coding), `--sleep-ms` apart, and the service answers when each byte reached it; the verdict is
+the same as for a stream down: the chunks' pauses came through (STREAMS), or the body came in
+one burst once it was whole (BUFFERED: nginx's `proxy_request_buffering on`, its default).
+
 The verdict is judged on arrival times, never on how many reads the bytes came in: a proxy may
 re-chunk a stream (gorouter sends an unpaced one in about 8 KiB pieces) without holding it back.
 
@@ -38,9 +44,12 @@ it there (`python3 probe.py URL`) if the package is not installed.
 
 import argparse
 import base64
+import contextlib
+import hashlib
 import http.client
 import json
 import math
+import os
 import re
 import socket
 import ssl
@@ -99,7 +108,10 @@ class Shape:
 HTML = Shape("html", "/streamhtml", "text/html", "blocks", "bytes", "byte", "no body bytes")
 SSE = Shape("sse", "/sse", "text/event-stream", "events", "events", "event", "no events")
 NDJSON = Shape("ndjson", "/ndjson", "application/x-ndjson", "lines", "lines", "line", "no lines")
-SHAPES = {shape.name: shape for shape in (HTML, SSE, NDJSON)}
+WS = Shape("ws", "/ws/stream", "*/*", "messages", "messages", "message", "no messages")
+SHAPES = {shape.name: shape for shape in (HTML, SSE, NDJSON, WS)}
+# Not a --shape: the body goes up, with --upload.
+UPLOAD = Shape("upload", "/upload", "application/json", "chunks", "bytes", "byte", "no body bytes")
 
 
 @dataclass(frozen=True)
@@ -623,7 +635,156 @@ class NdjsonReader(BodyReader):
         return lines
 
 
+class WsReader(BodyReader):
+    """Binary messages of a WebSocket, each counted once whole; and how it was closed."""
+
+    counts_bytes = False
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.messages = 0
+        self.wrong_size: str | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.pings = 0
+
+    def feed(self, data: bytes, at_s: float) -> int:
+        self.messages += 1
+        if len(data) != self.block_size and self.wrong_size is None:
+            self.wrong_size = f"message {self.messages} was {len(data)} bytes"
+        return 1
+
+    def mismatch(self, pacing: Pacing, found: "Measurement") -> str | None:
+        if self.close_code != 1000:
+            said = f"{self.close_code} {self.close_reason}".strip() if self.close_code else "none"
+            return f"the WebSocket closed with {said}, not 1000, after {self.messages} messages"
+        if self.messages != pacing.nblocks:
+            return f"expected {pacing.nblocks} messages, got {self.messages}"
+        if self.wrong_size:
+            return f"expected messages of {pacing.block_size} bytes, but {self.wrong_size}"
+        return None
+
+    def summary_lines(self) -> list[str]:
+        return [
+            f"messages       {self.messages}, then close {self.close_code}; "
+            f"{plural(self.pings, 'ping')} from the service answered"
+        ]
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """One masked frame, as a client must send it (RFC 6455 §5.3)."""
+    key = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        head = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+    masked = bytes(byte ^ key[index % 4] for index, byte in enumerate(payload))
+    return head + key + masked
+
+
+def ws_read_frame(reader) -> tuple[bool, int, bytes]:
+    """(fin, opcode, payload) of the next frame from the server; ProbeError when cut."""
+    head = reader.read(2)
+    if len(head) < 2:
+        raise ProbeError("the WebSocket connection was cut without a close frame")
+    fin, opcode, masked, length = head[0] & 0x80, head[0] & 0x0F, head[1] & 0x80, head[1] & 0x7F
+    if masked:
+        raise ProbeError("the server sent a masked frame, which RFC 6455 forbids")
+    if length >= 126:
+        size = 2 if length == 126 else 8
+        extended = reader.read(size)
+        if len(extended) < size:
+            raise ProbeError("the WebSocket connection was cut inside a frame")
+        length = int.from_bytes(extended, "big")
+    payload = reader.read(length) if length else b""
+    if len(payload) < length:
+        raise ProbeError("the WebSocket connection was cut inside a frame")
+    return bool(fin), opcode, payload
+
+
+def measure_ws(request: Request, timeout_s: float, insecure: bool, body: WsReader) -> "Measurement":
+    """Open the WebSocket, answer its pings, and time each binary message as it completes."""
+    target = request.target
+    via = f" via proxy {request.proxy.url}" if request.proxy else ""
+    connection = open_connection(request, timeout_s, insecure)
+    try:
+        started = time.monotonic()
+        connection.connect()
+        connected = time.monotonic()
+        sock = connection.sock
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        lines = [f"GET {request.request_uri} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in request.headers]
+        if request.proxy and request.proxy.authorization and not request.tunnelled:
+            lines.append(f"Proxy-Authorization: {request.proxy.authorization}")
+        lines += [
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        sent = time.monotonic()
+        reader = sock.makefile("rb")  # the head, then the frames, from one buffer
+        status_line = reader.readline(65537).decode("latin-1").rstrip("\r\n")
+        _, _, status_reason = status_line.partition(" ")
+        status, _, reason = status_reason.partition(" ")
+        headers = http.client.parse_headers(reader)
+        head = time.monotonic()
+        if status != "101":
+            length = min(int(headers.get("Content-Length") or 0), 4096)
+            raise ProbeError(
+                f"HTTP {status} {reason} from {target.url}{via}, not a WebSocket"
+                f"{error_detail(reader.read(length) if length else b'')}"
+            )
+        expected = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+        if (headers.get("Sec-WebSocket-Accept") or "").strip() != expected:
+            raise ProbeError(f"a wrong Sec-WebSocket-Accept from {target.url}{via}")
+        arrivals: list[Arrival] = []
+        wire_bytes, message = 0, bytearray()
+        while True:
+            fin, opcode, payload = ws_read_frame(reader)
+            now = time.monotonic() - sent
+            wire_bytes += len(payload) + 2
+            if opcode == 0x9:  # ping: pong with its payload
+                body.pings += 1
+                sock.sendall(ws_frame(0xA, payload))
+            elif opcode == 0x8:
+                body.close_code = int.from_bytes(payload[:2], "big") if payload else 1005
+                body.close_reason = payload[2:].decode("utf-8", "replace")
+                with contextlib.suppress(OSError):
+                    sock.sendall(ws_frame(0x8, payload[:2]))
+                break
+            elif opcode in (0x0, 0x1, 0x2):
+                message += payload
+                if fin:
+                    arrivals.append((now, body.feed(bytes(message), now)))
+                    message = bytearray()
+        return Measurement(
+            status_line=status_line,
+            framing="websocket",
+            encoding="identity",
+            connect_s=connected - started,
+            head_s=head - sent,
+            arrivals=tuple(arrivals),
+            wire_bytes=wire_bytes,
+            body_bytes=body.messages * body.block_size,
+            decoded=True,
+            headers=tuple((name, headers.get(name)) for name in SHOWN_HEADERS),
+        )
+    finally:
+        connection.close()
+
+
 def reader_for(pacing: Pacing) -> BodyReader:
+    if pacing.shape is WS:
+        return WsReader(pacing.block_size)
     if pacing.shape is SSE:
         return SseReader()
     if pacing.shape is NDJSON:
@@ -1006,6 +1167,177 @@ def report(
     return "\n".join(lines)
 
 
+# --- uploads: the body goes up --------------------------------------------------------------
+
+SEND_PIECE = bytes(64 * 1024)  # what a chunk is sent in, so a large one is never in memory
+
+
+def upload_target(url: str, nblocks, total_bytes: int, sleep_ms) -> tuple[Target, Pacing]:
+    """POST to /upload under the route (or the URL's own .../upload), paced as asked."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProbeError(f"not an http:// or https:// URL: {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise ProbeError(f"bad port in {url!r}: {error}") from None
+    path = parts.path.rstrip("/")
+    if not path.endswith(UPLOAD.path):
+        path += UPLOAD.path
+    nblocks = DEFAULT_NBLOCKS if nblocks is None else nblocks
+    sleep_ms = DEFAULT_SLEEP_MS if sleep_ms is None else sleep_ms
+    if not 0 < nblocks <= total_bytes:
+        raise ProbeError(f"--upload {total_bytes} cannot be sent in {nblocks} chunks")
+    pacing = Pacing(nblocks, total_bytes // nblocks, sleep_ms, UPLOAD)
+    query = f"?{parts.query}" if parts.query else ""
+    return Target(parts.scheme, parts.hostname, port, path + query), pacing
+
+
+def chunk_sizes(total_bytes: int, nblocks: int) -> list[int]:
+    """`total_bytes` in `nblocks` chunks as even as can be, the larger ones first."""
+    each, more = divmod(total_bytes, nblocks)
+    return [each + 1 if index < more else each for index in range(nblocks)]
+
+
+@dataclass(frozen=True)
+class UploadMeasurement:
+    status_line: str
+    sent_s: float  # from the head sent to the last chunk sent
+    answer_s: float  # from the head sent to the answer's head
+    # When the body's bytes reached the service, in seconds since it had the request head.
+    arrivals: tuple[Arrival, ...]
+    body_bytes: int
+    first_byte_ms: float | None
+    service_seconds: float
+
+
+def send_upload(connection, request: Request, pacing: Pacing, total_bytes: int) -> None:
+    connection.putrequest("POST", request.request_uri, skip_host=True, skip_accept_encoding=True)
+    for name, value in request.headers:
+        connection.putheader(name, value)
+    if request.proxy and request.proxy.authorization and not request.tunnelled:
+        connection.putheader("Proxy-Authorization", request.proxy.authorization)
+    connection.putheader("Content-Type", "application/octet-stream")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    for index, size in enumerate(chunk_sizes(total_bytes, pacing.nblocks)):
+        if index:
+            time.sleep(pacing.sleep_ms / 1000.0)
+        connection.send(b"%x\r\n" % size)
+        while size:
+            piece = min(size, len(SEND_PIECE))
+            connection.send(SEND_PIECE[:piece] if piece < len(SEND_PIECE) else SEND_PIECE)
+            size -= piece
+        connection.send(b"\r\n")
+    connection.send(b"0\r\n\r\n")
+
+
+def measure_upload(
+    request: Request, pacing: Pacing, total_bytes: int, timeout_s: float, insecure: bool = False
+) -> UploadMeasurement:
+    """POST the paced body, and read when the service says each byte reached it."""
+    target = request.target
+    via = f" via proxy {request.proxy.url}" if request.proxy else ""
+    connection = open_connection(request, timeout_s, insecure)
+    try:
+        connection.connect()
+        started = time.monotonic()
+        # The service may answer early (a 413, a 503) and close: its answer says why.
+        with contextlib.suppress(OSError):
+            send_upload(connection, request, pacing, total_bytes)
+        sent = time.monotonic()
+        response = connection.getresponse()
+        answered = time.monotonic()
+        body = response.read(1 << 20)
+        if response.status != 200:
+            raise ProbeError(
+                f"HTTP {response.status} {response.reason} from {target.url}{via}"
+                f"{error_detail(body)}"
+            )
+        try:
+            found = json.loads(body)
+            points = [(float(at_ms), int(total)) for at_ms, total in found["arrivals"]]
+            received = int(found["bytes"])
+        except (ValueError, KeyError, TypeError):
+            raise ProbeError(
+                f"no upload timeline from {target.url}{via}: is it a streamhtml route?"
+            ) from None
+        arrivals, before = [], 0
+        for at_ms, total in points:
+            if total > before:
+                arrivals.append((at_ms / 1000.0, total - before))
+                before = total
+        return UploadMeasurement(
+            status_line=f"HTTP/{response.version / 10:.1f} {response.status} {response.reason}",
+            sent_s=sent - started,
+            answer_s=answered - started,
+            arrivals=tuple(arrivals),
+            body_bytes=received,
+            first_byte_ms=found.get("first_byte_ms"),
+            service_seconds=float(found.get("seconds") or 0.0),
+        )
+    finally:
+        connection.close()
+
+
+def upload_report(
+    request: Request, pacing: Pacing, total_bytes: int, found: UploadMeasurement, verdict: Verdict
+) -> str:
+    line = summarize(found.arrivals, pacing)
+    first = "-" if found.first_byte_ms is None else f"{found.first_byte_ms:.0f} ms"
+    lines = [
+        f"probe    POST {request.target.url}",
+        *route_lines(request),
+        f"expects  {total_bytes} bytes up in {pacing.nblocks} chunks, {pacing.sleep_ms} ms "
+        f"apart, over {pacing.spread_s:.2f} s",
+        "",
+        f"sent           {ms(found.sent_s):>9}   the body, chunked, from the request head",
+        f"answer         {ms(found.answer_s):>9}   {found.status_line}",
+        f"service got    {found.body_bytes} bytes over {line.spread_s:.2f} s, in "
+        f"{found.service_seconds:.2f} s of reading",
+        f"first byte     {first:>9}   after the request head reached the service",
+        f"largest burst  {percent(line.burst_bytes, line.total_bytes):>9}   of the bytes "
+        f"within {pacing.sleep_ms // 2} ms, ending at {ms(line.burst_at_s)}",
+        "",
+        *histogram(found.arrivals, pacing),
+        "          (times since the service had the request head)",
+        "",
+        f"verdict: {verdict.state}",
+    ]
+    lines += [f"  - {reason}" for reason in verdict.reasons]
+    return "\n".join(lines)
+
+
+def probe_upload(args) -> int:
+    try:
+        target, pacing = upload_target(args.url, args.nblocks, args.upload, args.sleep_ms)
+        # The answer is JSON to parse: asked for uncompressed, whatever a proxy would do.
+        request = request_for(target, [*args.header, "Accept-Encoding:"], UPLOAD.accept)
+    except ProbeError as error:
+        print(f"probe: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    timeout_s = args.timeout if args.timeout else pacing.spread_s + 30.0
+    try:
+        found = measure_upload(request, pacing, args.upload, timeout_s, args.insecure)
+    except ProbeError as error:
+        print(f"probe: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, http.client.HTTPException) as error:
+        print(f"probe: error: {network_error(error, request, timeout_s)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    if found.body_bytes != args.upload:
+        print(
+            f"probe: error: sent {args.upload} bytes, the service read {found.body_bytes}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    verdict = judge(found.arrivals, pacing)
+    print(upload_report(request, pacing, args.upload, found, verdict))
+    return verdict.exit_code
+
+
 def whole_number(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
@@ -1020,6 +1352,9 @@ spent in the platform before the app saw it (from the app's Server-Timing: queue
 
 EPILOG = """\
 Exit status: 0 STREAMS, 1 BUFFERED, 2 error, 3 UNKNOWN (pacing too short).
+
+Uploads: --upload BYTES POSTs a paced chunked body to /upload and judges it the same way:
+  python -m streamhtml.probe https://streamhtml.apps.example.com --upload 1048576 --sleep-ms 300
 
 Proxies: as Python's urllib, the probe goes through HTTP_PROXY for http:// URLs and through
 HTTPS_PROXY (in a CONNECT tunnel) for https:// ones, unless NO_PROXY lists the host; lowercase
@@ -1047,12 +1382,20 @@ def parse_args(argv):
         "--shape",
         choices=tuple(SHAPES),
         help="what to stream: html (/streamhtml, the default unless the URL names another), "
-        "sse (/sse, Server-Sent Events) or ndjson (/ndjson, JSON lines)",
+        "sse (/sse, Server-Sent Events), ndjson (/ndjson, JSON lines) or ws (/ws/stream, "
+        "binary WebSocket messages)",
     )
     parser.add_argument("--nblocks", type=whole_number, help=f"default {DEFAULT_NBLOCKS}")
     parser.add_argument("--block-size", type=whole_number, help=f"default {DEFAULT_BLOCK_SIZE}")
     parser.add_argument(
         "--sleep-ms", type=whole_number, help=f"pause between blocks, default {DEFAULT_SLEEP_MS}"
+    )
+    parser.add_argument(
+        "--upload",
+        type=whole_number,
+        metavar="BYTES",
+        help="POST this many bytes to /upload instead, in --nblocks chunks --sleep-ms apart, "
+        "and judge whether the body streamed up to the service",
     )
     parser.add_argument(
         "-H",
@@ -1075,6 +1418,11 @@ def parse_args(argv):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.upload is not None:
+        if args.shape or args.block_size is not None:
+            print("probe: error: --upload takes no --shape or --block-size", file=sys.stderr)
+            return EXIT_ERROR
+        return probe_upload(args)
     try:
         target, pacing = target_for(
             args.url, args.nblocks, args.block_size, args.sleep_ms, args.shape
@@ -1086,7 +1434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     timeout_s = args.timeout if args.timeout else pacing.spread_s + 30.0
     body = reader_for(pacing)
     try:
-        found = measure(request, timeout_s, args.insecure, body)
+        if isinstance(body, WsReader):
+            found = measure_ws(request, timeout_s, args.insecure, body)
+        else:
+            found = measure(request, timeout_s, args.insecure, body)
     except ProbeError as error:
         print(f"probe: error: {error}", file=sys.stderr)
         return EXIT_ERROR

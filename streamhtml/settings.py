@@ -199,6 +199,49 @@ class Limits:
         "kernel send buffer per connection (SO_SNDBUF; the kernel doubles it), 0 for the "
         "kernel's autotuning; a client that stops reading holds this much of the memory quota",
     )
+    max_upload_bytes: int = number(
+        "STREAMHTML_MAX_UPLOAD_BYTES",
+        1 * GiB,
+        0,
+        1 << 40,
+        "largest request body `/upload` reads, bytes: a `Content-Length` over it gets 413 "
+        "before any byte is read, a chunked body is cut with 413 when it passes it",
+        1_000_000,
+    )
+    body_stall_timeout_s: int = number(
+        "STREAMHTML_BODY_STALL_TIMEOUT_S",
+        30,
+        1,
+        3600,
+        "an upload whose body sends no byte for this long is cut with 408 (`outcome=stalled`)",
+        2,
+    )
+    max_uploads: int = number(
+        "STREAMHTML_MAX_UPLOADS",
+        16,
+        1,
+        100_000,
+        "concurrent `/upload` bodies per instance, each counted as a stream; more get 503",
+        2,
+    )
+    ws_ping_interval_s: int = number(
+        "STREAMHTML_WS_PING_INTERVAL_S",
+        25,
+        1,
+        3600,
+        "a WebSocket that has sent nothing this long sends a ping, so load balancers with "
+        "idle timeouts (60 s is common) keep it open; a ping unanswered for the stall timeout "
+        "ends it",
+        1,
+    )
+    ws_max_message_bytes: int = number(
+        "STREAMHTML_WS_MAX_MESSAGE_BYTES",
+        1 * MiB,
+        1,
+        64 * MiB,
+        "largest WebSocket message a client may send, bytes; a larger one is closed with 1009",
+        65536,
+    )
     max_streams_per_client: int = number(
         "STREAMHTML_MAX_STREAMS_PER_CLIENT",
         0,

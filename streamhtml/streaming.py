@@ -66,6 +66,7 @@ class Cap:
 
 CSV_DOWNLOADS = Cap("csv downloads", "max_csv_streams")
 EXPORTS = Cap("exports", "max_export_streams")
+UPLOADS = Cap("uploads", "max_uploads")
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,12 @@ def stream_route(
     *,
     waits_on_io: bool = False,
     cap: Cap | None = None,
+    methods: tuple[str, ...] = ("GET",),
     **options,
 ):
-    """Declare a streaming route (GET and HEAD) on `blueprint`; see the module's docstring.
-    `options` go to Flask's add_url_rule (merge_slashes, say)."""
+    """Declare a streaming route on `blueprint`; see the module's docstring. It answers GET
+    and HEAD unless `methods` says otherwise (an upload, which streams the other way: POST
+    and PUT); `options` go to Flask's add_url_rule (merge_slashes, say)."""
     declared = StreamRoute(rule, content_type, waits_on_io, cap)
 
     def decorator(view: Callable) -> Callable:
@@ -100,7 +103,7 @@ def stream_route(
             rule,
             view.__name__,
             served,
-            methods=["GET"],
+            methods=list(methods),
             provide_automatic_options=False,
             **options,
         )

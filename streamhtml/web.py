@@ -13,8 +13,19 @@ from dataclasses import asdict
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.routing import WebsocketMismatch
 
-from . import __version__, capacity, clients, exports, files, metrics, observe
+from . import (
+    __version__,
+    capacity,
+    clients,
+    exports,
+    files,
+    metrics,
+    observe,
+    uploads,
+    websockets,
+)
 from . import environ as env
 from .generators import (
     CSV_CHUNK_BYTES,
@@ -213,14 +224,19 @@ def http_error(exc: HTTPException):
     # Werkzeug's NoMatch behind it) hold frames that hold the request: a cycle only the
     # garbage collector would free, some 90 objects a request. Nothing reads them.
     exc.__traceback__ = exc.__context__ = None
+    # Every route answers GET and HEAD but /upload, which takes POST and PUT.
+    allowed = sorted(getattr(exc, "valid_methods", None) or ("GET", "HEAD"))
     details = {
         404: "no such endpoint; GET / lists them",
-        405: "only GET and HEAD are allowed here",
+        405: f"only {' and '.join(allowed)} are allowed here",
     }
     status = exc.code or 500
-    response = error_response(status, exc.name, details.get(status, exc.description or ""))
+    detail = details.get(status, exc.description or "")
+    if isinstance(exc, WebsocketMismatch):
+        detail = "/ws/ endpoints take WebSocket handshakes only, and no other endpoint takes one"
+    response = error_response(status, exc.name, detail)
     if status == 405:
-        response.headers["Allow"] = "GET, HEAD"
+        response.headers["Allow"] = ", ".join(allowed)
     return response
 
 
@@ -240,7 +256,7 @@ def create_app(app_settings: Settings | None = None, blueprints: Iterable[Bluepr
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TESTING=False)
     app.extensions["streamhtml"] = app_settings
     limits = app_settings.limits
-    for blueprint in (routes, exports.routes, *blueprints):
+    for blueprint in (routes, exports.routes, uploads.routes, websockets.routes, *blueprints):
         app.register_blueprint(blueprint)
     # Every streaming route is declared by now: the tracker counts what was declared.
     caps = capacity.Caps(

@@ -189,6 +189,11 @@ def adopt(cfg) -> None:
 def _create(req, sock, client, server, cfg, response_class=None, response_args=()):
     if response_class is not None:  # HTTP/2 brings its own response class
         return _gunicorn_create(req, sock, client, server, cfg, response_class, response_args)
+    # gunicorn says 100 Continue to every request that expects it, before any route sees it:
+    # the route that reads the body says it once it has admitted it (an upload over its size
+    # limit gets its 413 instead), and a route that reads none never invites the body.
+    expects_continue = req._expected_100_continue
+    req._expected_100_continue = False
     resp, environ = _gunicorn_create(
         req, sock, client, server, cfg, response_class=StreamingResponse
     )
@@ -198,8 +203,10 @@ def _create(req, sock, client, server, cfg, response_class=None, response_args=(
     env.mark_sends_buffers(environ)
     env.mark_received(environ, getattr(_request, "received_at_s", None) or time.time())
     if _has_body(req):
-        # No route reads a body; closing after the answer spares a thread the drain.
+        # Only /upload reads a body, whole or not; closing after the answer spares a thread
+        # the drain, and leaves nothing of a body cut short to be read as the next request.
         resp.force_close()
+        env.mark_body(environ, req.unreader.take_buffered, expects_continue)
     return resp, environ
 
 

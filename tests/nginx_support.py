@@ -16,7 +16,9 @@ Two kinds of nginx:
   - a fresh `X-Vcap-Request-Id` that overwrites the client's, copied to the response only when
     the app sent none, and written in nginx's access log beside the upstream address;
   - `X-Request-Start` in milliseconds since the epoch, `X-Forwarded-For`, `X-Forwarded-Proto`;
-  - no compression, no buffering: each read from the app is passed on at once.
+  - no compression, no buffering: each read from the app is passed on at once, and each read
+    of a request body from the client too (Go's reverse proxy streams bodies both ways), of any
+    size;
 
   It does not imitate: gorouter's re-chunking of unpaced streams into ~8 KiB chunks (nginx
   re-chunks by whatever its reads return, so chunk sizes differ; the bytes do not); a UUID
@@ -71,6 +73,13 @@ http {{
     gzip {gzip};
     gzip_proxied any;{gzip_types}
 
+    # A WebSocket handshake is passed on as one (Upgrade, Connection: upgrade); any other
+    # request goes with an empty Connection, as before, so the upstream pool can keep it.
+    map $http_upgrade $upstream_connection {{
+        default upgrade;
+        "" "";
+    }}
+
     upstream backends {{
 {servers}{pool}
     }}
@@ -80,7 +89,8 @@ http {{
         location / {{
             proxy_pass http://backends;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $upstream_connection;
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
@@ -124,6 +134,8 @@ ROUTER_POOL = """
 # proxy_buffer_size 8k: an unpaced stream leaves in reads of up to 8 KiB, near gorouter's chunks.
 ROUTER_LOCATION = """\
             proxy_buffering off;
+            proxy_request_buffering off;
+            client_max_body_size 0;
             proxy_buffer_size 8k;
             proxy_set_header X-Vcap-Request-Id $request_id;
             proxy_set_header X-Request-Start $request_start_ms;
@@ -150,6 +162,7 @@ class Nginx:
         upstream_idle_s: int = GOROUTER_IDLE_S,
         gzip_types: tuple[str, ...] = (),
         read_timeout_s: int | None = None,
+        request_buffering: bool | None = None,
     ):
         assert not (router and gzip), "gorouter never compresses: pass gzip=False with router"
         self.dir = directory
@@ -166,6 +179,12 @@ class Nginx:
             # nginx cuts a response whose app is silent this long (its default is 60 s), as
             # idle-timeout load balancers do.
             extras.append(f"            proxy_read_timeout {read_timeout_s}s;")
+        if request_buffering is not None:
+            # Whether nginx reads a request body whole before it sends the request on (on,
+            # its default) or passes it on as it arrives; bodies of any size either way.
+            buffering = "on" if request_buffering else "off"
+            extras.append(f"            proxy_request_buffering {buffering};")
+            extras.append("            client_max_body_size 0;")
         self.extra = "\n".join(extras)
         self.process: subprocess.Popen | None = None
 

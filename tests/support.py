@@ -301,3 +301,16 @@ def freed_by_collector(env: dict, pid: int) -> int:
         noted_pid, count = map(int, line.split())
         freed += count if noted_pid == pid else 0
     return freed
+
+
+def wait_until(predicate, timeout_s: float = 10.0, what: str = "") -> None:
+    """Poll `predicate()` until it holds; fail, saying `what` was awaited, after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def streams_in_progress(port: int) -> int:
+    """Streams the instance counts now, as /health says."""
+    return json.loads(request(port, "/health").body)["streams_in_progress"]

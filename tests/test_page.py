@@ -1,7 +1,7 @@
 """The page at `/`, in a real headless Chromium: a person starts a stream and watches it arrive.
 
 HTML blocks and NDJSON lines are read with fetch; SSE events with Chromium's own EventSource,
-reconnects included, directly and through nginx.
+reconnects included; WebSocket messages with its own WebSocket; directly and through nginx.
 
 Debian's chromium (`make test` installs it), driven by Playwright from PyPI; Playwright's own
 browser downloads are never used. Every test fails on a console error, an uncaught exception
@@ -389,3 +389,46 @@ def test_the_page_shows_the_time_the_request_spent_in_the_platform(page, relay_w
     assert "before the app saw it" in described
     assert any("/streamhtml?" in url for url in page.requested)
     assert_no_troubles(page)
+
+
+# --- the WebSocket shape: the browser's own WebSocket ------------------------------------
+
+
+@pytest.fixture
+def plain_nginx(server, tmp_path):
+    """nginx as shipped, passing WebSocket handshakes on (tests/nginx_support.py)."""
+    proxy = Nginx(tmp_path / "nginx", server.port).start()
+    yield proxy
+    proxy.stop()
+
+
+def test_a_websocket_stream_is_counted_in_messages_and_the_page_says_it_streams(page, server):
+    base_url = f"http://127.0.0.1:{server.port}"
+    start_stream(page, base_url, nblocks=6, block_size=256, sleep_ms=300, shape="ws")
+    early = wait_for(page, lambda snapshot: snapshot["received"] >= 1)
+    assert early["state"] == "running" and early["unit"] == "messages", early
+    done = wait_for(page, finished)
+    assert done["state"] == "streams", done
+    assert done["received"] == done["total"] == 6
+    assert "5 of the 5 pauses between messages came through" in done["verdict"]
+    assert page.locator("#ttfb-label").inner_text() == "First message after"
+    assert_no_troubles(page)
+
+
+def test_the_websocket_shape_streams_through_nginx(page, plain_nginx):
+    start_stream(page, plain_nginx.url, nblocks=5, block_size=100, sleep_ms=300, shape="ws")
+    done = wait_for(page, finished)
+    assert done["state"] == "streams", done
+    assert done["received"] == 5
+    assert_no_troubles(page)
+
+
+def test_a_refused_websocket_says_so(page, server):
+    base_url = f"http://127.0.0.1:{server.port}"
+    # Over the pacing the service allows: refused with a 400 before the handshake.
+    start_stream(page, base_url, nblocks=5, block_size=100, sleep_ms=600_000, shape="ws")
+    done = wait_for(page, finished)
+    assert done["state"] == "error", done
+    assert "could not open" in done["verdict"]
+    # Chromium reports the failed handshake on the console itself.
+    assert_no_troubles(page, "WebSocket connection to")

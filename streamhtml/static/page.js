@@ -1,13 +1,14 @@
 // streamhtml's live page: start a paced stream, chart what arrives against time, and say at
 // the end whether something between this browser and the service buffered it. HTML blocks and
 // NDJSON lines are read with fetch, read by read from the ReadableStream; SSE events with the
-// browser's own EventSource, reconnects included. It also shows the platform queue time the
-// app reports in its Server-Timing header (fetch only: an EventSource shows no headers).
+// browser's own EventSource, reconnects included; WebSocket messages with the browser's own
+// WebSocket. It also shows the platform queue time the app reports in its Server-Timing header
+// (fetch only: an EventSource or a WebSocket shows no headers).
 //
 // The verdict follows the same rules, with the same thresholds, as streamhtml/probe.py. It is
 // judged on arrival times, never on the number of reads: proxies may re-chunk a stream (gorouter
 // sends an unpaced one in about 8 KiB pieces) without holding it back. For HTML it counts bytes;
-// for SSE and NDJSON whole events and lines.
+// for SSE, NDJSON and WebSocket whole events, lines and messages.
 "use strict";
 
 (() => {
@@ -42,6 +43,13 @@
       counted: "lines",
       countedOne: "line",
       nothing: "no lines",
+    },
+    ws: {
+      path: "ws/stream",
+      items: "messages",
+      counted: "messages",
+      countedOne: "message",
+      nothing: "no messages",
     },
   };
   const shapeOf = (pacing) => SHAPES[pacing.shape || "html"];
@@ -539,7 +547,56 @@
     }
   }
 
+  // The messages with the browser's own WebSocket: each binary message counts once whole.
+  // The service closes with 1000 after the last; any other close is a failure.
+  function readMessages(run, url) {
+    return new Promise((resolve) => {
+      const wsUrl = new URL(url);
+      wsUrl.protocol = wsUrl.protocol === "https:" ? "wss:" : "ws:";
+      const socket = new WebSocket(wsUrl);
+      socket.binaryType = "arraybuffer";
+      let opened = false;
+      run.abort.signal.addEventListener("abort", () => {
+        socket.close(1000);
+        resolve(["stopped"]);
+      });
+      socket.addEventListener("open", () => {
+        opened = true;
+      });
+      socket.addEventListener("message", () => {
+        const t = (performance.now() - run.t0) / 1000;
+        if (run.reads === 0) $("ttfb").textContent = formatSeconds(t);
+        run.reads += 1;
+        run.arrivals.push([t, 1]);
+        run.received += 1;
+      });
+      socket.addEventListener("close", (event) => {
+        if (event.code === 1000) resolve(["complete"]);
+        else resolve([opened ? "failed" : "refused", event.code, event.reason]);
+      });
+    });
+  }
+
+  async function readWebSocket(run, url) {
+    const [how, code, reason] = await readMessages(run, url);
+    if (how === "stopped") throw new DOMException("stopped", "AbortError");
+    if (how === "refused") {
+      // A browser never shows a refused handshake's answer to the page.
+      return [
+        "error",
+        "the WebSocket could not open: the service or a proxy refused it " +
+          "(python -m streamhtml.probe --shape ws says why).",
+        [],
+      ];
+    }
+    if (how === "failed") {
+      return ["error", `the WebSocket was closed with ${code} ${reason || ""}`.trim() + ".", []];
+    }
+    return null;
+  }
+
   async function readStream(run, url) {
+    if (run.pacing.shape === "ws") return readWebSocket(run, url);
     if (run.pacing.shape !== "sse") return readBody(run, url);
     setCount("reconnects", 0, "0");
     const how = await readEvents(run, url);
@@ -586,8 +643,11 @@
     setCount("total", total, formatBytes(total));
     $("unit").textContent = shape.counted;
     $("ttfb").textContent = "–";
-    // An EventSource hands over whole events, never the bytes as they come.
-    $("ttfb-label").textContent = pacing.shape === "sse" ? "First event after" : "First byte after";
+    // An EventSource and a WebSocket hand over whole events and messages, never bytes.
+    $("ttfb-label").textContent = {
+      sse: "First event after",
+      ws: "First message after",
+    }[pacing.shape] || "First byte after";
     setCount("reconnects", "", "–");
     showQueue(null);
     $("start").disabled = true;
