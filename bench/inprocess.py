@@ -162,16 +162,21 @@ def request_path(path: bytes):
     from streamhtml import logs, observe
     from streamhtml import worker as streaming
 
+    try:
+        from streamhtml import adoption, connections
+    except ImportError:  # a tree from before the worker was split by job
+        adoption = connections = streaming
+
     cfg = Config()
     cfg.set("accesslog", "-")
     # What StreamingWorker.init_process does in a worker process (by hand in older trees).
     if hasattr(streaming, "adopt"):
-        streaming.adopt(cfg)
+        adoption.adopt(cfg)
     else:
         getattr(streaming, "_settle", lambda cfg: None)(cfg)
-        wsgi.create = streaming._create
-        util.http_date = streaming._http_date
-        message._ip_in_allow_list = streaming._ip_in_allow_list
+        wsgi.create = adoption._create
+        util.http_date = adoption._http_date
+        message._ip_in_allow_list = adoption._ip_in_allow_list
 
     log = logs.RequestLogger(cfg)  # its setup() starts the request line and the metrics
     null_fd = os.open(os.devnull, os.O_WRONLY)
@@ -195,7 +200,7 @@ def request_path(path: bytes):
     head = HEAD.replace(b"{path}", path)
 
     def answer_one():
-        conn = object.__new__(streaming.Connection)
+        conn = object.__new__(connections.Connection)
         conn.sock, conn.client, conn.server = server_end, ("127.0.0.1", 40000), ("127.0.0.1", 8080)
         conn.parser = new_parser(server_end, conn.client)
         conn.parser.unreader.unread(head)

@@ -240,3 +240,25 @@ def build_record(
         forwarded_trusted=trust.trusts(peer),
         user_agent=clipped(environ.get("HTTP_USER_AGENT")),
     )
+
+
+def refusal_record(peer: str | None, status: int, body_bytes: int, error: str) -> RequestRecord:
+    """The record of a request the worker refused before the app saw it (a 431)."""
+    return RequestRecord(
+        request_id=new_request_id(),
+        method="",
+        route=None,
+        path="",
+        query=None,
+        status=status,
+        bytes_sent=body_bytes,
+        duration_ms=0.0,
+        outcome=COMPLETE,
+        streamed=False,
+        queue_ms=None,
+        error=error,
+        peer_addr=peer,
+        forwarded_for=None,
+        forwarded_trusted=False,
+        user_agent=None,
+    )

@@ -62,10 +62,10 @@ def request_of(head: bytes, peer=("127.0.0.1", 40000), cfg=None, parser=RequestP
 
 
 def test_gunicorn_dates_each_response_through_util_http_date(monkeypatch):
-    # adopt() puts worker._http_date (formatted once a second) in util.http_date's place.
+    # adopt() puts adoption._http_date (formatted once a second) in util.http_date's place.
     from gunicorn import util
 
-    from streamhtml.worker import _http_date
+    from streamhtml.adoption import _http_date
 
     monkeypatch.setattr(util, "http_date", lambda timestamp=None: "Recorded Date")
     req = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
@@ -81,7 +81,7 @@ def test_gunicorn_dates_each_response_through_util_http_date(monkeypatch):
 
 @pytest.mark.parametrize("trusted", [True, False])
 def test_gunicorn_asks_ip_in_allow_list_whether_a_peer_may_say_the_scheme(monkeypatch, trusted):
-    # adopt() puts worker._ip_in_allow_list (remembered per address) in its place; the
+    # adopt() puts adoption._ip_in_allow_list (remembered per address) in its place; the
     # request line (observe.ForwardedTrust) asks it too.
     from gunicorn.http import message
 
@@ -106,7 +106,7 @@ def test_the_remembered_peer_check_answers_as_gunicorns():
 
     from gunicorn.http import message
 
-    from streamhtml.worker import _ip_in_allow_list
+    from streamhtml.adoption import _ip_in_allow_list
 
     lists = (["10.0.0.0/8"], ["127.0.0.1", "::1"], ["*"], [])
     for allow_list in lists:
@@ -118,7 +118,7 @@ def test_the_remembered_peer_check_answers_as_gunicorns():
 
 
 def test_gunicorn_builds_each_environ_on_its_base_environ(monkeypatch):
-    # adopt() puts worker._base_environ (made once, copied) in wsgi.base_environ's place.
+    # adopt() puts adoption._base_environ (made once, copied) in wsgi.base_environ's place.
     cfg = Config()
     asked = []
 
@@ -135,7 +135,7 @@ def test_gunicorn_builds_each_environ_on_its_base_environ(monkeypatch):
 
 
 def test_the_base_environ_the_worker_makes_once_is_gunicorns_copied_each_request():
-    from streamhtml.worker import _base_environ
+    from streamhtml.adoption import _base_environ
 
     cfg = Config()
     first, second = _base_environ(cfg), _base_environ(cfg)
@@ -156,8 +156,8 @@ def test_the_base_environ_the_worker_makes_once_is_gunicorns_copied_each_request
 
 def test_a_settled_config_answers_as_gunicorns_without_its_getattr():
     # StreamingWorker.init_process copies every setting onto the worker's Config
-    # (worker._settle): gunicorn must still read settings as attributes, through __getattr__.
-    from streamhtml.worker import _settle
+    # (adoption._settle): gunicorn must still read settings as attributes, through __getattr__.
+    from streamhtml.adoption import _settle
 
     cfg = Config()
     cfg.set("keepalive", 75)
