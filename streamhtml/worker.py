@@ -64,6 +64,10 @@ INLINE_PIPELINED = 8
 BUSY_POOL = 8
 
 
+# What answering a request on the main loop returns once a pool thread has it.
+HANDED_OFF = object()
+
+
 class HandOff(Exception):  # noqa: N818 - not an error: a change of thread
     """The main loop stops here: a pool thread carries on with `rest` (returns keep-alive)."""
 
@@ -135,7 +139,7 @@ class StreamingWorker(ConnectionSide):
         keepalive: object = False
         for _ in range(INLINE_PIPELINED):
             keepalive = self.answer_one(conn)
-            if keepalive is HandOff:
+            if keepalive is HANDED_OFF:
                 return
             unreader = conn.parser.unreader
             if not (keepalive and self.alive and unreader.buf.getvalue()):
@@ -157,12 +161,12 @@ class StreamingWorker(ConnectionSide):
         self.settle(conn, _Settled(keepalive))
 
     def answer_one(self, conn: Connection) -> object:
-        """One request, as gthread's handle() would serve it: keep-alive or not, or HandOff
+        """One request, as gthread's handle() would serve it: keep-alive or not, or HANDED_OFF
         once a pool thread has it."""
         if conn.sock.gettimeout() != 0.0:
             conn.sock.setblocking(False)  # nothing on the main loop may wait
         req = self.covered(conn, None, partial(self.next_request, conn))
-        if req is HandOff or not req:
+        if req is HANDED_OFF or not req:
             return req or False
         return self.covered(conn, req, partial(self.answer_inline, conn, req))
 
@@ -173,13 +177,13 @@ class StreamingWorker(ConnectionSide):
             # gunicorn wants more than the head we saw whole (a bare-LF head, say): the pool
             # reads it as gthread would, from the start.
             self.reparse_on_thread(conn)
-            return HandOff
+            return HANDED_OFF
 
     def answer_inline(self, conn: Connection, req) -> object:
         if _has_body(req):
             # Reading a body may wait: the whole request goes to a pool thread.
             self.hand_off(conn, req, partial(self.handle_request, req, conn))
-            return HandOff
+            return HANDED_OFF
         try:
             conn.inline = True
             try:
@@ -188,7 +192,7 @@ class StreamingWorker(ConnectionSide):
                 conn.inline = False
         except HandOff as handed:
             self.hand_off(conn, req, handed.rest)
-            return HandOff
+            return HANDED_OFF
 
     def covered(self, conn: Connection, req, run) -> object:
         """run(), under the error cover of gthread's handle(): an error ends the connection."""
