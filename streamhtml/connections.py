@@ -1,13 +1,7 @@
-"""The connection side of StreamingWorker: accepting, reading request heads in the poller,
-eviction at the connection cap, the lingering close, and saying what was dropped.
-
-A thread is handed a connection only once its whole head is in, so half-sent heads cost a
-poller entry, never a thread; a head not whole within STREAMHTML_HEADER_TIMEOUT_S, or over
-STREAMHTML_MAX_HEAD_BYTES, ends the connection. At GUNICORN_WORKER_CONNECTIONS the oldest
-connection that holds no request is closed to make room, instead of the worker ceasing to
-accept. Closing lingers in the poller, never on the main loop. Workers share a burst of
-connections (accept balancing through the capacity page).
-"""
+"""StreamingWorker's connection side: accepting (and sharing bursts with the other workers),
+request heads read in the poller, so half-sent heads cost a poller entry and never a thread,
+eviction at GUNICORN_WORKER_CONNECTIONS instead of refusing, the lingering close off the main
+loop, the main loop's chores, and what was dropped, said briefly."""
 
 from __future__ import annotations
 

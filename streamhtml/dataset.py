@@ -17,8 +17,10 @@ import argparse
 import contextlib
 import os
 import sqlite3
+import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 COLUMNS = ("id", "created_at", "amount_cents", "name", "note")
@@ -113,6 +115,31 @@ def fill_sqlite(path: str, rows: int, replace: bool = False, parent: int | None 
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(building)
+
+
+def make_in_background(path: str, rows: int, failed: Callable[[str], None]) -> None:
+    """Make the embedded SQLite file at `path` in a child process (this module), so neither
+    /health nor any request waits for it; `failed(why)` if it could not. Every worker may
+    ask: the child that gets the lock makes the file, the others end at once."""
+    command = [sys.executable, "-m", "streamhtml.dataset", "--rows", str(rows)]
+    command += ["--sqlite", path, "--quiet-if-busy", "--parent", str(os.getpid())]
+    try:
+        child = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+    except OSError as error:
+        failed(f"could not start: {error}")
+        return
+
+    def wait() -> None:
+        # The child's words reach the log through the app's, one line, not as raw text.
+        _, said = child.communicate()
+        if child.returncode:
+            failed(
+                f"({child.returncode}) " + " ".join(said.decode(errors="replace").split())[-500:]
+            )
+
+    threading.Thread(target=wait, name="dataset-filler", daemon=True).start()
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------

@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ from functools import partial
 from typing import Any
 
 from . import capacity
-from .dataset import COLUMNS, TABLE
+from .dataset import COLUMNS, TABLE, make_in_background
 from .db import pem_files, redact
 from .settings import Limits, Source
 from .stream import StreamFailed
@@ -107,51 +105,17 @@ class SqliteSource:
         self.source = source
         self.rows_to_make = limits.dataset_rows
         self._ready = False
-        self._filler: subprocess.Popen | None = None
         self._fill_failed = False
 
     def start(self) -> None:
         """At app start: make the embedded dataset if it is not there, in a child process, so
         neither /health nor any request waits for it."""
         if self.source.embedded and not os.path.exists(self.source.path):
-            self._start_filling()
+            make_in_background(self.source.path, self.rows_to_make, self._filling_failed)
 
-    def _start_filling(self) -> None:
-        # Every worker may ask; the child that gets the lock makes the file, the others exit.
-        command = [
-            sys.executable,
-            "-m",
-            "streamhtml.dataset",
-            "--rows",
-            str(self.rows_to_make),
-            "--sqlite",
-            self.source.path,
-            "--quiet-if-busy",
-            "--parent",
-            str(os.getpid()),
-        ]
-        try:
-            filler = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-        except OSError as error:
-            log.error("could not start making the embedded dataset: %s", error)
-            return
-        self._filler = filler
-        threading.Thread(
-            target=self._await_filler, args=(filler,), name="dataset-filler", daemon=True
-        ).start()
-
-    def _await_filler(self, filler: subprocess.Popen) -> None:
-        # The child's words reach the log through ours, one JSON line, not as raw text.
-        _, said = filler.communicate()
-        if filler.returncode:
-            self._fill_failed = True
-            text = " ".join(said.decode(errors="replace").split())[-500:]
-            log.error("making the embedded dataset failed (%s): %s", filler.returncode, text)
+    def _filling_failed(self, why: str) -> None:
+        self._fill_failed = True
+        log.error("making the embedded dataset failed: %s", why)
 
     def check_ready(self) -> None:
         if self._ready:

@@ -7,17 +7,20 @@ and the small value the tests run with. The loaders, the settings table in docs/
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from .numbers import parse_bounded
+from .platform_env import Instance as Instance
+from .platform_env import SettingsError as SettingsError
+from .platform_env import Source as Source
+from .platform_env import embedded_dataset_path as embedded_dataset_path
+from .platform_env import parse_memory as parse_memory
+from .platform_env import read_instance, resolve_source
+from .setting import Setting as Setting
+from .setting import choice, directory, number
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -31,75 +34,6 @@ WORKER_CLASSES = ("gthread", "sync")
 
 # Threads a worker keeps free of streams, so /health and refusals always find one.
 RESERVED_THREADS = 16
-
-
-class SettingsError(ValueError):
-    """A setting in the environment is invalid; the message names the variable."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    """How one environment variable is read: its bounds or choices, and what it is for."""
-
-    env: str
-    default: int | str
-    doc: str
-    lowest: int = 0
-    highest: int = 0
-    choices: tuple[str, ...] = ()
-    # A directory: the value is a path, resolved (symlinks too) at start; "" leaves it unset.
-    directory: bool = False
-    # The value the tests run with, so every limit can be hit cheaply; None keeps the default.
-    small: int | str | None = None
-
-    def read(self, environ: Mapping[str, str]) -> Any:
-        raw = environ.get(self.env)
-        if raw is None or raw == "":
-            return self.default
-        if self.choices:
-            if raw.lower() not in self.choices:
-                raise SettingsError(
-                    f"{self.env} must be one of {', '.join(self.choices)}; got {raw!r}"
-                )
-            return raw.lower()
-        if self.directory:
-            return _directory(self.env, raw)
-        value = parse_bounded(raw.strip(), self.lowest, self.highest)
-        if value is None:
-            raise SettingsError(
-                f"{self.env} must be a whole number from {self.lowest} to {self.highest}; "
-                f"got {raw!r}"
-            )
-        return value
-
-    @property
-    def accepted(self) -> str:
-        if self.directory:
-            return "an existing directory"
-        return ", ".join(self.choices) if self.choices else f"{self.lowest}–{self.highest}"
-
-
-def _directory(env: str, raw: str) -> str:
-    # Resolved once here, so every request checks its file against one real path, and a
-    # relative value means the start directory, not Flask's package root.
-    if "\x00" in raw or not os.path.isdir(raw):
-        raise SettingsError(f"{env} must name an existing directory; got {raw!r}")
-    return os.path.realpath(raw)
-
-
-def number(env, default, lowest, highest, doc, small=None) -> Any:
-    spec = Setting(env, default, doc, lowest=lowest, highest=highest, small=small)
-    return field(default=default, metadata={"setting": spec})
-
-
-def choice(env, default, choices, doc, small=None) -> Any:
-    spec = Setting(env, default, doc, choices=choices, small=small)
-    return field(default=default, metadata={"setting": spec})
-
-
-def directory(env, doc) -> Any:
-    spec = Setting(env, "", doc, directory=True)
-    return field(default="", metadata={"setting": spec})
 
 
 @dataclass(frozen=True)
@@ -400,15 +334,6 @@ class Server:
 
 
 @dataclass(frozen=True)
-class Instance:
-    """What the platform says about this instance (never refused: it is not the operator's)."""
-
-    app_name: str = "streamhtml"
-    instance_index: str | None = None
-    memory_limit_bytes: int | None = None
-
-
-@dataclass(frozen=True)
 class Settings:
     limits: Limits = Limits()
     content: Content = Content()
@@ -416,7 +341,7 @@ class Settings:
     instance: Instance = Instance()
     # Where exports read rows; the default is an embedded SQLite file of the default size.
     source: Source = field(
-        default_factory=lambda: resolve_source({}, Limits()), compare=False, repr=False
+        default_factory=lambda: resolve_source({}, Limits().dataset_rows), compare=False, repr=False
     )
 
     @property
@@ -460,162 +385,6 @@ def small_limits_env() -> dict[str, str]:
     return {spec.env: str(spec.small) for _, spec in declared(Limits) if spec.small is not None}
 
 
-# --- what the platform sets ------------------------------------------------------------------
-
-_MEMORY = re.compile(r"([0-9]{1,9})\s*([KMGT]?)B?", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": 1024 * GiB}
-
-
-def parse_memory(text: str) -> int | None:
-    """Bytes of a Cloud Foundry size such as `768m`, `768M`, `1G` or `512MB`; None if not one."""
-    match = _MEMORY.fullmatch(text.strip())
-    if not match:
-        return None
-    return int(match[1]) * _MEMORY_UNITS[match[2].upper()] or None
-
-
-def _vcap_application(environ: Mapping[str, str]) -> dict:
-    try:
-        parsed = json.loads(environ.get("VCAP_APPLICATION", "{}"))
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _instance(environ: Mapping[str, str]) -> Instance:
-    name = _vcap_application(environ).get("name")
-    raw_index = environ.get("CF_INSTANCE_INDEX", "")
-    return Instance(
-        app_name=name if isinstance(name, str) and name else "streamhtml",
-        instance_index=raw_index if parse_bounded(raw_index, 0, 1_000_000) is not None else None,
-        memory_limit_bytes=parse_memory(environ.get("MEMORY_LIMIT", "")),
-    )
-
-
-# --- where exported rows come from --------------------------------------------------------
-
-POSTGRES_SCHEMES = ("postgres", "postgresql")
-# The embedded dataset's file name says its rows and layout, so a changed size or layout is
-# a new file, never a stale one.
-DATASET_LAYOUT = 1
-# Credentials fields some brokers give as PEM text rather than files; libpq wants files.
-PEM_FIELDS = ("sslrootcert", "sslcert", "sslkey")
-
-
-@dataclass(frozen=True)
-class Source:
-    """The database exports read: PostgreSQL from a URL, or the embedded SQLite file.
-
-    `url` holds credentials: it is never printed (repr) and never leaves through /info;
-    `describe()` is what may be shown.
-    """
-
-    kind: str  # "postgresql" or "sqlite"
-    origin: str  # "DATABASE_URL", "VCAP_SERVICES binding NAME", or "embedded"
-    url: str = field(default="", repr=False)
-    path: str = ""  # the SQLite file
-    host: str = ""
-    port: int | None = None
-    database: str = ""
-    pem: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    embedded: bool = False
-
-    def describe(self) -> dict:
-        if self.kind == "sqlite":
-            return {"kind": "sqlite", "origin": self.origin, "path": self.path}
-        return {
-            "kind": "postgresql",
-            "origin": self.origin,
-            "host": self.host,
-            "port": self.port,
-            "database": self.database,
-        }
-
-    def secrets(self) -> tuple[str, ...]:
-        """The strings no log line or error body may hold: the user and the password."""
-        if self.kind != "postgresql":
-            return ()
-        parts = urlsplit(self.url)
-        found = [unquote(part) for part in (parts.username, parts.password) if part]
-        return tuple(text for text in found if len(text) >= 3)
-
-
-def _postgres_source(url: str, origin: str, pem: tuple = ()) -> Source:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        # Never the value itself in the message: it holds the password.
-        raise SettingsError(f"{origin} is not a valid postgres:// URL") from None
-    return Source(
-        kind="postgresql",
-        origin=origin,
-        url=url,
-        host=parts.hostname or "",
-        port=port,
-        database=unquote(parts.path.lstrip("/")),
-        pem=pem,
-    )
-
-
-def embedded_dataset_path(rows: int, directory: str | None = None) -> str:
-    name = f"streamhtml-dataset-v{DATASET_LAYOUT}-{rows}-rows.sqlite"
-    return os.path.join(directory or tempfile.gettempdir(), name)
-
-
-def _bound_postgres(environ: Mapping[str, str]) -> Source | None:
-    """The first VCAP_SERVICES binding whose credentials hold a postgres:// uri (or url),
-    whatever its label: labels and tags differ from broker to broker, the scheme does not."""
-    raw = environ.get("VCAP_SERVICES", "")
-    if not raw.strip():
-        return None
-    try:
-        services = json.loads(raw)
-    except ValueError:
-        raise SettingsError("VCAP_SERVICES is not valid JSON") from None
-    if not isinstance(services, dict):
-        raise SettingsError("VCAP_SERVICES is not a JSON object")
-    for bindings in services.values():
-        for binding in bindings if isinstance(bindings, list) else ():
-            credentials = binding.get("credentials") if isinstance(binding, dict) else None
-            if not isinstance(credentials, dict):
-                continue
-            for key in ("uri", "url"):
-                url = credentials.get(key)
-                if isinstance(url, str) and url.split(":", 1)[0].lower() in POSTGRES_SCHEMES:
-                    name = binding.get("name") or binding.get("label") or "?"
-                    pem = tuple(
-                        (key, credentials[key])
-                        for key in PEM_FIELDS
-                        if isinstance(credentials.get(key), str)
-                        and "-----BEGIN" in credentials[key]
-                    )
-                    return _postgres_source(url, f"VCAP_SERVICES binding {name}", pem)
-    return None
-
-
-def resolve_source(environ: Mapping[str, str], limits: Limits) -> Source:
-    """DATABASE_URL if set; else the first PostgreSQL binding; else the embedded SQLite."""
-    url = environ.get("DATABASE_URL", "").strip()
-    if url:
-        scheme = url.split(":", 1)[0].lower()
-        if scheme in POSTGRES_SCHEMES:
-            return _postgres_source(url, "DATABASE_URL")
-        if scheme == "sqlite" and url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-            path = unquote(url[len("sqlite:///") - 1 :])
-            return Source(kind="sqlite", origin="DATABASE_URL", path=path)
-        raise SettingsError("DATABASE_URL must start with postgres://, postgresql:// or sqlite:///")
-    bound = _bound_postgres(environ)
-    if bound is not None:
-        return bound
-    return Source(
-        kind="sqlite",
-        origin="embedded",
-        path=embedded_dataset_path(limits.dataset_rows),
-        embedded=True,
-    )
-
-
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     server = _read_group(Server, environ)
@@ -630,8 +399,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         limits=limits,
         content=_read_group(Content, environ),
         server=server,
-        instance=_instance(environ),
-        source=resolve_source(environ, limits),
+        instance=read_instance(environ),
+        source=resolve_source(environ, limits.dataset_rows),
     )
 
 

@@ -248,7 +248,7 @@ def test_the_first_binding_with_a_postgres_uri_is_used_whatever_its_label(label)
 
 def test_without_a_database_the_embedded_sqlite_file_is_in_the_temporary_directory(tmp_path):
     environ = {"STREAMHTML_DATASET_ROWS": "1234"}
-    source = resolve_source(environ, load_settings(environ).limits)
+    source = resolve_source(environ, load_settings(environ).limits.dataset_rows)
     assert source.kind == "sqlite" and source.embedded
     assert source.path.endswith("streamhtml-dataset-v1-1234-rows.sqlite")
 
