@@ -134,7 +134,9 @@ class SqliteSource:
             )
         raise SourceError(f"no SQLite file at {self.source.path}", "unavailable")
 
-    def page(self, fmt: str, after_id: int, rows: int, header: bool, waiting: Waiting) -> Page:
+    def page(
+        self, fmt: str, after_id: int, rows: int, header: bool, waiting: Waiting, first=False
+    ) -> Page:
         self.check_ready()
         names = ", ".join(COLUMNS)
         query = f"SELECT {names} FROM {TABLE} WHERE id > ? ORDER BY id LIMIT ?"
@@ -188,6 +190,9 @@ class PostgresSource:
         self._pool_pid = 0
         self._lock = threading.Lock()
         self.last_connect_error: str | None = None
+        # When a connection last failed as a connection (the server went, or dropped it):
+        # every connection given back before then is checked before its next page.
+        self.stale_at = 0.0
         self._logged_at = 0.0
 
     def start(self) -> None:
@@ -242,7 +247,8 @@ class PostgresSource:
             # given back moments ago (the last page of this export, most often) is taken as it
             # is: should the server have dropped it in between, that page fails, as a page
             # whose backend is terminated fails; one idle for longer is checked first.
-            if time.monotonic() - connection.given_back_at >= CHECK_IDLE_S:
+            given_back_at = connection.given_back_at
+            if time.monotonic() - given_back_at >= CHECK_IDLE_S or given_back_at <= self.stale_at:
                 ConnectionPool.check_connection(connection)
 
         pool = ConnectionPool(
@@ -323,7 +329,9 @@ class PostgresSource:
             "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
         ).format(select)
 
-    def page(self, fmt: str, after_id: int, rows: int, header: bool, waiting: Waiting) -> Page:
+    def page(
+        self, fmt: str, after_id: int, rows: int, header: bool, waiting: Waiting, first=False
+    ) -> Page:
         import psycopg
 
         query = self._copy_query(fmt, after_id, rows, header)
@@ -342,6 +350,14 @@ class PostgresSource:
         except psycopg.errors.QueryCanceled as error:
             cause = redact(" ".join(str(error).split()), self.source)
             raise SourceError(f"PostgreSQL: query cancelled: {cause}", "timeout") from None
+        except psycopg.OperationalError as error:
+            self.stale_at = time.monotonic()
+            if first:
+                # Nothing is sent yet: once more, on a connection checked first, so a server
+                # that restarted is a page, and one that is down is a 503 that says so.
+                return self.page(fmt, after_id, rows, header, waiting)
+            cause = redact(" ".join(str(error).split()) or type(error).__name__, self.source)
+            raise SourceError(f"PostgreSQL: {cause}", "failed") from None
         except psycopg.Error as error:
             cause = redact(" ".join(str(error).split()) or type(error).__name__, self.source)
             raise SourceError(f"PostgreSQL: {cause}", "failed") from None
@@ -398,15 +414,16 @@ def export(
 
         return waiting(on_hang_up)
 
+    first = True  # no byte is sent before the first page
     while limit is None or sent < limit:
         asked = rows_next if limit is None else min(rows_next, limit - sent)
         try:
-            page = rows_source.page(fmt, after_id, asked, header, watched)
+            page = rows_source.page(fmt, after_id, asked, header, watched, first=first)
         except SourceError as error:
             if failed is not None and not hung_up:
                 failed(error.kind)
             raise
-        header = False
+        header = first = False
         yield from page.chunks
         sent += page.rows
         if counted is not None:
