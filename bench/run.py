@@ -255,6 +255,7 @@ def start_servers(args, tmp: Path, round_no: int) -> dict[str, Server]:
     venv_bin = str(Path(sys.executable).parent)
     path = f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     web = re.search(r"^web:\s*(.+)$", (args.project / "Procfile").read_text(), re.M).group(1)
+    (tmp / "www/f").mkdir(parents=True, exist_ok=True)  # compare.py starts servers here too
     project_env = {
         "PATH": path,
         "PORT": str(free_port()),
