@@ -336,7 +336,6 @@ class PostgresSource:
 
         query = self._copy_query(fmt, after_id, rows, header)
         parts: list = []
-        total = 0
         try:
             with (
                 self._connection() as connection,
@@ -344,9 +343,7 @@ class PostgresSource:
                 waiting(partial(connection.cancel_safe, timeout=CANCEL_TIMEOUT_S)),
                 cursor.copy(query) as copy,
             ):
-                for line in copy:
-                    parts.append(line)
-                    total += len(line)
+                parts = list(copy)  # one row an item (libpq's own unit), gathered in C
         except psycopg.errors.QueryCanceled as error:
             cause = redact(" ".join(str(error).split()), self.source)
             raise SourceError(f"PostgreSQL: query cancelled: {cause}", "timeout") from None
@@ -363,7 +360,7 @@ class PostgresSource:
             raise SourceError(f"PostgreSQL: {cause}", "failed") from None
         count = len(parts) - (1 if header and parts else 0)
         last_id = _first_field_id(bytes(parts[-1]), fmt) if count else None
-        return Page(_chunked(parts, total), count, last_id)
+        return Page(_chunked(parts, sum(map(len, parts))), count, last_id)
 
     def close(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():

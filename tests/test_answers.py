@@ -22,6 +22,19 @@ def unread_pipelined(port: int, path: str, count: int) -> socket.socket:
     return sock
 
 
+def was_reset(sock: socket.socket) -> bool:
+    """Whether the server reset `sock`: its bytes read until a reset, or a quiet 0.5 s."""
+    sock.settimeout(0.5)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
 def dropped(port: int, reason: str) -> float:
     body = request(port, "/metrics").body.decode()
     found = re.search(
@@ -75,15 +88,13 @@ def test_idle_connections_whose_answers_are_unread_are_reset_past_their_share_of
         while dropped(server.port, "unread_answers") < 6:
             assert time.monotonic() < deadline, "no idle connection was reset"
             time.sleep(0.1)
-        # The oldest went first; the newest still hold their answers.
-        with held[0]:
-            try:
-                while held[0].recv(65536):
-                    pass
-                reset = False
-            except ConnectionResetError:
-                reset = True
-        assert reset
+        # Oldest first: at least half of the six oldest went (newest first, none or one
+        # would). Not exactly the six oldest: the very oldest may still be on a pool thread,
+        # its answers not all in the socket yet, and only idle connections are reset; and
+        # one past 32 KiB unread when every waiting place is taken goes whatever its age.
+        reset = [was_reset(sock) for sock in held]
+        assert sum(reset) >= 6, reset
+        assert sum(reset[:6]) >= 3, reset
         assert request(server.port, "/streamhtml?nblocks=2&block_size=64").status == 200
     finally:
         for sock in held:
