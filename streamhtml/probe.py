@@ -307,6 +307,18 @@ def bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _url_parts(url: str):
+    """The URL split, its port (the scheme's by default) and its path without a final slash."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProbeError(f"not an http:// or https:// URL: {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise ProbeError(f"bad port in {url!r}: {error}") from None
+    return parts, port, parts.path.rstrip("/")
+
+
 def target_for(
     url: str, nblocks=None, block_size=None, sleep_ms=None, shape: str | None = None
 ) -> tuple[Target, Pacing]:
@@ -317,14 +329,7 @@ def target_for(
     nblocks, block_size and sleep_ms comes from the option when given, else from the URL's
     query, else from the default; any other query parameter is kept.
     """
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ProbeError(f"not an http:// or https:// URL: {url!r}")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as error:
-        raise ProbeError(f"bad port in {url!r}: {error}") from None
-    path = parts.path.rstrip("/")
+    parts, port, path = _url_parts(url)
     in_url = next((name for name, kind in SHAPES.items() if path.endswith(kind.path)), None)
     if shape and in_url and shape != in_url:
         raise ProbeError(f"--shape {shape} asks for {SHAPES[shape].path}, the URL for {path}")
@@ -1174,14 +1179,7 @@ SEND_PIECE = bytes(64 * 1024)  # what a chunk is sent in, so a large one is neve
 
 def upload_target(url: str, nblocks, total_bytes: int, sleep_ms) -> tuple[Target, Pacing]:
     """POST to /upload under the route (or the URL's own .../upload), paced as asked."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ProbeError(f"not an http:// or https:// URL: {url!r}")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as error:
-        raise ProbeError(f"bad port in {url!r}: {error}") from None
-    path = parts.path.rstrip("/")
+    parts, port, path = _url_parts(url)
     if not path.endswith(UPLOAD.path):
         path += UPLOAD.path
     nblocks = DEFAULT_NBLOCKS if nblocks is None else nblocks

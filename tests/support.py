@@ -314,3 +314,24 @@ def wait_until(predicate, timeout_s: float = 10.0, what: str = "") -> None:
 def streams_in_progress(port: int) -> int:
     """Streams the instance counts now, as /health says."""
     return json.loads(request(port, "/health").body)["streams_in_progress"]
+
+
+def without_proxies(environ) -> dict:
+    """The environment without any *_proxy variable: each test says which proxies it uses."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not name.lower().endswith("_proxy") and name != "REQUEST_METHOD"
+    }
+
+
+def probe(*args: str, timeout_s: float = 60, env=None) -> subprocess.CompletedProcess:
+    """The probe run as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamhtml.probe", *args],
+        cwd=REPO,
+        env={**without_proxies(os.environ), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )

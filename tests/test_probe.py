@@ -17,7 +17,7 @@ import sys
 import pytest
 from forward_proxy import ForwardProxy, Relay
 from nginx_support import Nginx, gorouter_like
-from support import REPO, free_port
+from support import REPO, free_port, probe, without_proxies
 from verdict_cases import SERVER_TIMINGS, SIX_EVENTS, TEN_PACED, VERDICTS
 
 from streamhtml.probe import (
@@ -125,27 +125,6 @@ def test_the_probe_requests_streamhtml_under_the_route_it_is_given(url, options,
 def test_a_url_the_probe_cannot_use_is_an_error(url):
     with pytest.raises(ProbeError):
         target_for(url)
-
-
-def without_proxies(environ) -> dict:
-    """The environment without any *_proxy variable: each test says which proxies it uses."""
-    return {
-        name: value
-        for name, value in environ.items()
-        if not name.lower().endswith("_proxy") and name != "REQUEST_METHOD"
-    }
-
-
-def probe(*args: str, timeout_s: float = 60, env=None) -> subprocess.CompletedProcess:
-    """The probe run as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "streamhtml.probe", *args],
-        cwd=REPO,
-        env={**without_proxies(os.environ), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
 
 
 def test_the_probe_uses_the_standard_library_only():

@@ -5,28 +5,15 @@ it streams; through nginx's default (`on`), which reads a body whole before it s
 request on, it is buffered. The exit codes are the probe's own.
 """
 
-import subprocess
-import sys
-
 import pytest
 from nginx_support import Nginx, gorouter_like
-from support import REPO
+from support import probe
 
 from streamhtml.probe import UPLOAD, ProbeError, chunk_sizes, upload_target
 from streamhtml.settings import small_limits
 
 # 5 chunks 250 ms apart: 1 s of pauses, enough for the verdict's half-pause thresholds.
 PACED = ("--nblocks", "5", "--sleep-ms", "250")
-
-
-def probe(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streamhtml.probe", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
 
 
 def test_chunk_sizes_add_up_and_differ_by_at_most_one():

@@ -4,12 +4,9 @@ nginx passes a handshake on as a WebSocket only when told to (Upgrade and Connec
 to the upstream, tests/nginx_support.py), as gorouter does by itself.
 """
 
-import subprocess
-import sys
-
 import pytest
 from nginx_support import Nginx, gorouter_like
-from support import REPO
+from support import probe
 from ws_support import BINARY, CLOSE, TEXT, WsClient, close_payload
 
 
@@ -21,16 +18,6 @@ def front(request, small_server, tmp_path):
         proxy = gorouter_like(tmp_path / "router", small_server.port)
     yield proxy.start()
     proxy.stop()
-
-
-def probe(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streamhtml.probe", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
 
 
 def test_echo_works_through_the_proxy(front):
