@@ -30,7 +30,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from pg_support import Postgres  # noqa: E402 - tests/ is not a package; pg_support is stdlib+psycopg
-from rss import RssWatch  # noqa: E402
+from rss import RssWatch, worker_pids  # noqa: E402
 
 ROWS = 1_000_000
 MIB = 1 << 20
@@ -72,10 +72,7 @@ class Gunicorn:
             time.sleep(0.05)
 
     def workers(self) -> list[int]:
-        pids = children(self.proc.pid)
-        if Path(f"/proc/{self.proc.pid}/comm").read_text().strip() == "bash" and len(pids) == 1:
-            pids = children(pids[0])
-        return pids
+        return worker_pids(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -85,11 +82,6 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait(5)
-
-
-def children(pid: int) -> list[int]:
-    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(child) for child in done.stdout.split()]
 
 
 def status_of(port: int, path: str, timeout_s: float = 1.0) -> int:

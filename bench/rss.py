@@ -1,7 +1,22 @@
-"""Worker memory while something runs: VmRSS from /proc, sampled on a thread."""
+"""A server's worker processes, and their memory while something runs (VmRSS from /proc)."""
 
+import subprocess
 import threading
 from pathlib import Path
+
+
+def children(pid: int) -> list[int]:
+    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(child) for child in done.stdout.split()]
+
+
+def worker_pids(started: int) -> list[int]:
+    """The workers of the gunicorn started as `started`: its children, or its grandchildren
+    when `started` is a bash that did not exec."""
+    pids = children(started)
+    if Path(f"/proc/{started}/comm").read_text().strip() == "bash" and len(pids) == 1:
+        pids = children(pids[0])
+    return pids
 
 
 def vm_rss_kib(pid: int) -> int:

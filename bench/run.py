@@ -33,7 +33,7 @@ import exports
 import siege
 import uploads
 import websocket_rows
-from rss import RssWatch
+from rss import RssWatch, worker_pids
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -186,11 +186,6 @@ def ranged_get(port: int, path: str) -> None:
         conn.close()
 
 
-def children(pid: int) -> list[int]:
-    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(child) for child in done.stdout.split()]
-
-
 class Server:
     """One server in its own process group, its output in a file; stopped by its PID."""
 
@@ -235,10 +230,7 @@ class Server:
 
     def workers(self) -> list[int]:
         """The master's children; the master is the child of bash if bash did not exec."""
-        pids = children(self.proc.pid)
-        if Path(f"/proc/{self.proc.pid}/comm").read_text().strip() == "bash" and len(pids) == 1:
-            pids = children(pids[0])
-        return pids
+        return worker_pids(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -1315,16 +1315,13 @@ def probe_upload(args) -> int:
         print(f"probe: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     timeout_s = args.timeout if args.timeout else pacing.spread_s + 30.0
-    try:
-        found = measure_upload(request, pacing, args.upload, timeout_s, args.insecure)
-    except ProbeError as error:
-        print(f"probe: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except (OSError, http.client.HTTPException) as error:
-        print(f"probe: error: {network_error(error, request, timeout_s)}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
+    found = _measured(
+        lambda: measure_upload(request, pacing, args.upload, timeout_s, args.insecure),
+        request,
+        timeout_s,
+    )
+    if isinstance(found, int):
+        return found
     if found.body_bytes != args.upload:
         print(
             f"probe: error: sent {args.upload} bytes, the service read {found.body_bytes}",
@@ -1414,6 +1411,20 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def _measured(run, request, timeout_s: float):
+    """run()'s measurement, or the exit status once its error is said in one line."""
+    try:
+        return run()
+    except ProbeError as error:
+        print(f"probe: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, http.client.HTTPException) as error:
+        print(f"probe: error: {network_error(error, request, timeout_s)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.upload is not None:
@@ -1431,19 +1442,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     timeout_s = args.timeout if args.timeout else pacing.spread_s + 30.0
     body = reader_for(pacing)
-    try:
-        if isinstance(body, WsReader):
-            found = measure_ws(request, timeout_s, args.insecure, body)
-        else:
-            found = measure(request, timeout_s, args.insecure, body)
-    except ProbeError as error:
-        print(f"probe: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except (OSError, http.client.HTTPException) as error:
-        print(f"probe: error: {network_error(error, request, timeout_s)}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
+    found = _measured(
+        lambda: (
+            measure_ws(request, timeout_s, args.insecure, body)
+            if isinstance(body, WsReader)
+            else measure(request, timeout_s, args.insecure, body)
+        ),
+        request,
+        timeout_s,
+    )
+    if isinstance(found, int):
+        return found
     problem = body.mismatch(pacing, found)
     if problem:
         print(

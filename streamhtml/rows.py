@@ -36,7 +36,6 @@ from .stream import StreamFailed
 
 CSV = "csv"
 NDJSON = "ndjson"
-FORMATS = (CSV, NDJSON)
 CHUNK_BYTES = 64 * 1024
 # A page is read whole before it is sent: its rows are chosen to come to about this much.
 PAGE_BYTES = 512 * 1024
@@ -161,9 +160,6 @@ class SqliteSource:
         data = body.encode()
         return Page(_chunked([data], len(data)), len(records), records[-1][0] if records else None)
 
-    def close(self) -> None:
-        pass
-
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
@@ -199,9 +195,6 @@ class PostgresSource:
         # psycopg's own logger would print connection errors as libpq words them, user
         # name included; they are logged here instead, redacted and at most every 10 s.
         logging.getLogger("psycopg").setLevel(logging.CRITICAL)
-
-    def check_ready(self) -> None:
-        pass
 
     def _made_pool(self):
         pool = self._pool

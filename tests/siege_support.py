@@ -297,6 +297,17 @@ def ghost_streams(port: int, clients: int, path: str):
     return attackers("ghosts", str(port), path, str(clients))
 
 
+def _run_until_told(client, count: int, stop: threading.Event) -> None:
+    """`count` threads run `client` until a line on stdin says stop (they watch `stop`)."""
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    sys.stdin.readline()
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+
+
 def _ghosts_until_told(port: int, path: str, clients: int) -> None:
     asked = f"GET {path} HTTP/1.1\r\nHost: siege\r\n\r\n".encode()
     stop = threading.Event()
@@ -320,13 +331,7 @@ def _ghosts_until_told(port: int, path: str, clients: int) -> None:
                 sock.sendall(b"G")
             stop.wait(0.05)
 
-    threads = [threading.Thread(target=haunt, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    sys.stdin.readline()
-    stop.set()
-    for thread in threads:
-        thread.join(10)
+    _run_until_told(haunt, clients, stop)
 
 
 def _download_until_told(port: int, path: str, count: int) -> None:
@@ -347,13 +352,7 @@ def _download_until_told(port: int, path: str, count: int) -> None:
                 statuses[0] = statuses.get(0, 0) + 1
             stop.wait(0.2)
 
-    threads = [threading.Thread(target=download, daemon=True) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    sys.stdin.readline()
-    stop.set()
-    for thread in threads:
-        thread.join(10)
+    _run_until_told(download, count, stop)
     print(json.dumps(statuses))
 
 
