@@ -20,6 +20,7 @@ from support import REPO, Server, read_body, read_head, request, send_request
 
 from streamhtml.dataset import COLUMNS, DatasetExists, dataset_rows, fill_sqlite
 from streamhtml.db import redact
+from streamhtml.rows import CSV, NDJSON, _first_field_id, _last_row
 from streamhtml.settings import (
     Limits,
     SettingsError,
@@ -279,6 +280,18 @@ def test_credentials_stay_out_of_what_the_source_shows():
     shown = json.dumps(source.describe()) + repr(source) + repr(load_settings({}))
     assert "s3cret-pw" not in shown and "alice" not in shown
     assert redact("password for user alice: s3cret-pw", source) == "password for user ***: ***"
+
+
+def test_a_pages_last_row_is_found_past_quoted_newlines_that_look_like_rows():
+    # PostgreSQL's page is one block of CSV; the next page starts after its last row's id.
+    lines = b'id,note\n1,plain\n2,"x\n3,looks like a row"\n'
+    assert _first_field_id(_last_row(lines, CSV), CSV) == 2
+    doubled = b'1,"a""\n9,b"\n2,"c\n""\n7,d"\n'
+    assert _first_field_id(_last_row(doubled, CSV), CSV) == 2
+    assert _first_field_id(_last_row(b"id,note\n5,x\n", CSV), CSV) == 5
+    ndjson = b'{"id":4,"note":"a\\nb"}\n{"id":5,"note":null}\n'
+    assert _first_field_id(_last_row(ndjson, NDJSON), NDJSON) == 5
+    assert _last_row(b'{"id":1}\n', NDJSON) == b'{"id":1}\n'
 
 
 # --- the dataset -------------------------------------------------------------------------------
