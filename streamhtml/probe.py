@@ -460,6 +460,17 @@ class Request:
         # An http:// proxy is asked for the whole URL; an origin, tunnelled or not, for the path.
         return self.target.url if self.proxy and not self.tunnelled else self.target.path
 
+    @property
+    def sent_headers(self) -> list[tuple[str, str]]:
+        """The headers, and the proxy's credentials where the proxy reads the request."""
+        if self.proxy and self.proxy.authorization and not self.tunnelled:
+            return [*self.headers, ("Proxy-Authorization", self.proxy.authorization)]
+        return list(self.headers)
+
+    @property
+    def via(self) -> str:
+        return f" via proxy {self.proxy.url}" if self.proxy else ""
+
     def header(self, name: str) -> str | None:
         return next((value for key, value in self.headers if key.lower() == name.lower()), None)
 
@@ -469,6 +480,11 @@ def request_for(
 ) -> Request:
     headers = request_headers(target, [parse_header(text) for text in header_args], accept)
     return Request(target, headers, proxy_for(target))
+
+
+def miscounted(counted: int, unit: str, pacing: Pacing) -> str | None:
+    """What a body that did not hold the blocks asked for got instead."""
+    return f"expected {pacing.nblocks} {unit}, got {counted}" if counted != pacing.nblocks else None
 
 
 class BodyReader:
@@ -542,11 +558,10 @@ class SseReader(BodyReader):
             self.wrong_id = f"event {self.events} had id {shown}"
 
     def mismatch(self, pacing: Pacing, found: "Measurement") -> str | None:
-        if self.events != pacing.nblocks:
-            return f"expected {pacing.nblocks} events, got {self.events}"
-        if self.wrong_id:
-            return f"expected ids 1 to {pacing.nblocks} in order, but {self.wrong_id}"
-        return None
+        wrong = (
+            self.wrong_id and f"expected ids 1 to {pacing.nblocks} in order, but {self.wrong_id}"
+        )
+        return miscounted(self.events, "events", pacing) or wrong
 
     def summary_lines(self) -> list[str]:
         retry = "no retry field" if self.retry_ms is None else f"retry: {self.retry_ms} ms"
@@ -610,9 +625,7 @@ class NdjsonReader(BodyReader):
     def mismatch(self, pacing: Pacing, found: "Measurement") -> str | None:
         if self._partial:
             return f"the body ended inside line {self.lines + 1}"
-        if self.lines != pacing.nblocks:
-            return f"expected {pacing.nblocks} lines, got {self.lines}"
-        return self.wrong
+        return miscounted(self.lines, "lines", pacing) or self.wrong
 
     def summary_lines(self) -> list[str]:
         checked = self.wrong or f"seq 1 to {self.lines} in order, {self.block_size} bytes each"
@@ -663,11 +676,11 @@ class WsReader(BodyReader):
         if self.close_code != 1000:
             said = f"{self.close_code} {self.close_reason}".strip() if self.close_code else "none"
             return f"the WebSocket closed with {said}, not 1000, after {self.messages} messages"
-        if self.messages != pacing.nblocks:
-            return f"expected {pacing.nblocks} messages, got {self.messages}"
-        if self.wrong_size:
-            return f"expected messages of {pacing.block_size} bytes, but {self.wrong_size}"
-        return None
+        wrong = (
+            self.wrong_size
+            and f"expected messages of {pacing.block_size} bytes, but {self.wrong_size}"
+        )
+        return miscounted(self.messages, "messages", pacing) or wrong
 
     def summary_lines(self) -> list[str]:
         return [
@@ -715,8 +728,6 @@ def ws_read_frame(reader) -> tuple[bool, int, bytes]:
 
 def measure_ws(request: Request, timeout_s: float, insecure: bool, body: WsReader) -> "Measurement":
     """Open the WebSocket, answer its pings, and time each binary message as it completes."""
-    target = request.target
-    via = f" via proxy {request.proxy.url}" if request.proxy else ""
     connection = open_connection(request, timeout_s, insecure)
     try:
         started = time.monotonic()
@@ -725,9 +736,7 @@ def measure_ws(request: Request, timeout_s: float, insecure: bool, body: WsReade
         sock = connection.sock
         key = base64.b64encode(os.urandom(16)).decode("ascii")
         lines = [f"GET {request.request_uri} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in request.headers]
-        if request.proxy and request.proxy.authorization and not request.tunnelled:
-            lines.append(f"Proxy-Authorization: {request.proxy.authorization}")
+        lines += [f"{name}: {value}" for name, value in request.sent_headers]
         lines += [
             "Upgrade: websocket",
             "Connection: Upgrade",
@@ -745,12 +754,12 @@ def measure_ws(request: Request, timeout_s: float, insecure: bool, body: WsReade
         if status != "101":
             length = min(int(headers.get("Content-Length") or 0), 4096)
             raise ProbeError(
-                f"HTTP {status} {reason} from {target.url}{via}, not a WebSocket"
+                f"HTTP {status} {reason} from {request.target.url}{request.via}, not a WebSocket"
                 f"{error_detail(reader.read(length) if length else b'')}"
             )
         expected = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
         if (headers.get("Sec-WebSocket-Accept") or "").strip() != expected:
-            raise ProbeError(f"a wrong Sec-WebSocket-Accept from {target.url}{via}")
+            raise ProbeError(f"a wrong Sec-WebSocket-Accept from {request.target.url}{request.via}")
         arrivals: list[Arrival] = []
         wire_bytes, message = 0, bytearray()
         while True:
@@ -837,12 +846,14 @@ def open_connection(
     return connection
 
 
-def send(connection: http.client.HTTPConnection, request: Request) -> None:
-    connection.putrequest("GET", request.request_uri, skip_host=True, skip_accept_encoding=True)
-    for name, value in request.headers:
+def put_head(connection: http.client.HTTPConnection, request: Request, method: str) -> None:
+    connection.putrequest(method, request.request_uri, skip_host=True, skip_accept_encoding=True)
+    for name, value in request.sent_headers:
         connection.putheader(name, value)
-    if request.proxy and request.proxy.authorization and not request.tunnelled:
-        connection.putheader("Proxy-Authorization", request.proxy.authorization)
+
+
+def send(connection: http.client.HTTPConnection, request: Request) -> None:
+    put_head(connection, request, "GET")
     connection.endheaders()
 
 
@@ -854,8 +865,6 @@ def measure(
     `body` counts what each read adds (bytes, unless it reads events or lines).
     """
     body = body or BodyReader()
-    target = request.target
-    via = f" via proxy {request.proxy.url}" if request.proxy else ""
     connection = open_connection(request, timeout_s, insecure)
     try:
         started = time.monotonic()
@@ -867,7 +876,7 @@ def measure(
         head = time.monotonic()
         if response.status != 200:
             raise ProbeError(
-                f"HTTP {response.status} {response.reason} from {target.url}{via}"
+                f"HTTP {response.status} {response.reason} from {request.target.url}{request.via}"
                 f"{error_detail(response.read(4096))}"
             )
         encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
@@ -885,7 +894,7 @@ def measure(
             except http.client.IncompleteRead as error:
                 raise ProbeError(
                     f"the stream was cut after {wire_bytes + len(error.partial)} bytes "
-                    f"from {target.url}{via}"
+                    f"from {request.target.url}{request.via}"
                 ) from None
             now = time.monotonic() - sent
             if not data:
@@ -1210,11 +1219,7 @@ class UploadMeasurement:
 
 
 def send_upload(connection, request: Request, pacing: Pacing, total_bytes: int) -> None:
-    connection.putrequest("POST", request.request_uri, skip_host=True, skip_accept_encoding=True)
-    for name, value in request.headers:
-        connection.putheader(name, value)
-    if request.proxy and request.proxy.authorization and not request.tunnelled:
-        connection.putheader("Proxy-Authorization", request.proxy.authorization)
+    put_head(connection, request, "POST")
     connection.putheader("Content-Type", "application/octet-stream")
     connection.putheader("Transfer-Encoding", "chunked")
     connection.endheaders()
@@ -1234,8 +1239,6 @@ def measure_upload(
     request: Request, pacing: Pacing, total_bytes: int, timeout_s: float, insecure: bool = False
 ) -> UploadMeasurement:
     """POST the paced body, and read when the service says each byte reached it."""
-    target = request.target
-    via = f" via proxy {request.proxy.url}" if request.proxy else ""
     connection = open_connection(request, timeout_s, insecure)
     try:
         connection.connect()
@@ -1249,7 +1252,7 @@ def measure_upload(
         body = response.read(1 << 20)
         if response.status != 200:
             raise ProbeError(
-                f"HTTP {response.status} {response.reason} from {target.url}{via}"
+                f"HTTP {response.status} {response.reason} from {request.target.url}{request.via}"
                 f"{error_detail(body)}"
             )
         try:
@@ -1258,7 +1261,8 @@ def measure_upload(
             received = int(found["bytes"])
         except (ValueError, KeyError, TypeError):
             raise ProbeError(
-                f"no upload timeline from {target.url}{via}: is it a streamhtml route?"
+                f"no upload timeline from {request.target.url}{request.via}: "
+                "is it a streamhtml route?"
             ) from None
         arrivals, before = [], 0
         for at_ms, total in points:

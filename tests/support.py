@@ -311,6 +311,15 @@ def wait_until(predicate, timeout_s: float = 10.0, what: str = "") -> None:
         time.sleep(0.02)
 
 
+def wait_for(condition, timeout_s: float, every_s: float = 0.05) -> float:
+    """Seconds until `condition()` held; fails the test after `timeout_s`."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, "condition not met in time"
+        time.sleep(every_s)
+    return time.monotonic() - started
+
+
 def streams_in_progress(port: int) -> int:
     """Streams the instance counts now, as /health says."""
     return json.loads(request(port, "/health").body)["streams_in_progress"]

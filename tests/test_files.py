@@ -15,7 +15,7 @@ import pytest
 from files_support import SECRET, GiB, read_syscalls, rss_bytes
 from flask import Flask
 from siege_support import connect
-from support import read_body, read_head, request, send_request
+from support import read_body, read_head, request, send_request, streams_in_progress, wait_for
 from werkzeug.utils import send_file
 from werkzeug.wsgi import _RangeWrapper
 
@@ -24,18 +24,6 @@ from streamhtml.settings import Settings, small_limits, small_limits_env
 from streamhtml.web import create_app
 
 ROUTE = "/files/<path:name>"
-
-
-def streams_in_progress(port: int) -> int:
-    return json.loads(request(port, "/health").body)["streams_in_progress"]
-
-
-def wait_for(condition, timeout_s: float, every_s: float = 0.05) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout_s, "condition not met in time"
-        time.sleep(every_s)
-    return time.monotonic() - started
 
 
 def streamed_bytes(port: int) -> int:

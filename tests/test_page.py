@@ -144,6 +144,14 @@ def finished(snapshot: dict) -> bool:
     return snapshot["state"] not in ("idle", "running")
 
 
+def streamed(page, base_url: str, state: str = "streams", **pacing) -> dict:
+    """Start a stream on the page, wait for its end, and check how the page judged it."""
+    start_stream(page, base_url, **pacing)
+    done = wait_for(page, finished)
+    assert done["state"] == state, done
+    return done
+
+
 def test_a_direct_stream_is_drawn_as_it_arrives_and_the_page_says_it_streams(
     page, server, tmp_path
 ):
@@ -228,9 +236,7 @@ def test_a_direct_sse_stream_is_counted_in_events_and_the_page_says_it_streams(
 
 def test_a_direct_ndjson_stream_is_counted_in_lines(page, server):
     base_url = f"http://127.0.0.1:{server.port}"
-    start_stream(page, base_url, nblocks=5, block_size=100, sleep_ms=300, shape="ndjson")
-    done = wait_for(page, finished)
-    assert done["state"] == "streams", done
+    done = streamed(page, base_url, nblocks=5, block_size=100, sleep_ms=300, shape="ndjson")
     assert (done["received"], done["total"], done["unit"]) == (5, 5, "lines")
     assert "4 of the 4 pauses between lines came through" in done["verdict"]
     assert len(requests_to(page, "/ndjson")) == 1
@@ -271,18 +277,24 @@ def test_through_a_buffering_proxy_the_page_says_buffered(page, buffering_nginx)
 
 
 def test_event_source_through_a_gzip_nginx_that_honours_the_header_streams(page, honouring_nginx):
-    start_stream(page, honouring_nginx.url, nblocks=6, block_size=1024, sleep_ms=300, shape="sse")
-    done = wait_for(page, finished)
-    assert done["state"] == "streams", done
+    done = streamed(
+        page, honouring_nginx.url, nblocks=6, block_size=1024, sleep_ms=300, shape="sse"
+    )
     assert "5 of the 5 pauses between events came through" in done["verdict"]
     assert done["received"] == 6 and done["reconnects"] == "0"
     assert_no_troubles(page)
 
 
 def test_event_source_through_a_buffering_gzip_nginx_says_buffered(page, buffering_nginx):
-    start_stream(page, buffering_nginx.url, nblocks=6, block_size=1024, sleep_ms=300, shape="sse")
-    done = wait_for(page, finished)
-    assert done["state"] == "buffered", done
+    done = streamed(
+        page,
+        buffering_nginx.url,
+        nblocks=6,
+        block_size=1024,
+        sleep_ms=300,
+        shape="sse",
+        state="buffered",
+    )
     assert "5 of the 5 pauses between events were missing" in done["verdict"]
     assert done["received"] == 6
     assert_no_troubles(page)
@@ -310,18 +322,23 @@ def test_event_source_reconnects_after_each_cut_and_counts_each_event_once(page,
 
 def test_a_refused_event_source_shows_the_services_reason(page, server):
     base_url = f"http://127.0.0.1:{server.port}"
-    start_stream(page, base_url, nblocks=4, block_size=16, sleep_ms=999999, shape="sse")
-    done = wait_for(page, finished)
-    assert done["state"] == "error", done
+    done = streamed(
+        page, base_url, nblocks=4, block_size=16, sleep_ms=999999, shape="sse", state="error"
+    )
     assert "HTTP 400" in done["verdict"] and "sleep_ms must be" in done["verdict"]
     # Chromium logs the refused EventSource and the 400 fetch as console errors.
     assert_no_troubles(page, "status of 400", "EventSource")
 
 
 def test_a_refused_request_shows_the_services_reason(page, server):
-    start_stream(page, f"http://127.0.0.1:{server.port}", nblocks=4, block_size=16, sleep_ms=999999)
-    done = wait_for(page, finished)
-    assert done["state"] == "error", done
+    done = streamed(
+        page,
+        f"http://127.0.0.1:{server.port}",
+        nblocks=4,
+        block_size=16,
+        sleep_ms=999999,
+        state="error",
+    )
     assert "HTTP 400" in done["verdict"] and "sleep_ms must be" in done["verdict"]
     # Chromium logs every 4xx fetch as a console error: that one, and only that, is expected.
     assert_no_troubles(page, "status of 400")
@@ -376,9 +393,7 @@ def relay_with_server_timing(server):
 
 
 def test_the_page_shows_the_time_the_request_spent_in_the_platform(page, relay_with_server_timing):
-    start_stream(page, relay_with_server_timing.url, nblocks=4, block_size=1024, sleep_ms=200)
-    done = wait_for(page, finished)
-    assert done["state"] == "streams", done
+    done = streamed(page, relay_with_server_timing.url, nblocks=4, block_size=1024, sleep_ms=200)
     assert done["queue"] == "12.5 ms"
     queue = page.locator("#queue")
     assert queue.get_attribute("data-value") == "12.5"
@@ -416,9 +431,7 @@ def test_a_websocket_stream_is_counted_in_messages_and_the_page_says_it_streams(
 
 
 def test_the_websocket_shape_streams_through_nginx(page, plain_nginx):
-    start_stream(page, plain_nginx.url, nblocks=5, block_size=100, sleep_ms=300, shape="ws")
-    done = wait_for(page, finished)
-    assert done["state"] == "streams", done
+    done = streamed(page, plain_nginx.url, nblocks=5, block_size=100, sleep_ms=300, shape="ws")
     assert done["received"] == 5
     assert_no_troubles(page)
 
@@ -426,9 +439,9 @@ def test_the_websocket_shape_streams_through_nginx(page, plain_nginx):
 def test_a_refused_websocket_says_so(page, server):
     base_url = f"http://127.0.0.1:{server.port}"
     # Over the pacing the service allows: refused with a 400 before the handshake.
-    start_stream(page, base_url, nblocks=5, block_size=100, sleep_ms=600_000, shape="ws")
-    done = wait_for(page, finished)
-    assert done["state"] == "error", done
+    done = streamed(
+        page, base_url, nblocks=5, block_size=100, sleep_ms=600_000, shape="ws", state="error"
+    )
     assert "could not open" in done["verdict"]
     # Chromium reports the failed handshake on the console itself.
     assert_no_troubles(page, "WebSocket connection to")

@@ -7,23 +7,10 @@ import time
 
 import pytest
 from siege_support import connect
-from support import read_chunk, read_head, request, send_request
+from support import read_chunk, read_head, request, send_request, streams_in_progress, wait_for
 
 # A reply this large cannot sit in the socket buffers of a client that reads nothing.
 NEVER_FITS = "/streamhtml?nblocks=64&block_size=1048576"
-
-
-def streams_in_progress(port: int) -> int:
-    return json.loads(request(port, "/health").body)["streams_in_progress"]
-
-
-def wait_for(condition, timeout_s: float, every_s: float = 0.1) -> float:
-    """Seconds until `condition()` held; fails the test after `timeout_s`."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout_s, "condition not met in time"
-        time.sleep(every_s)
-    return time.monotonic() - started
 
 
 def closed_by_server(sock: socket.socket, timeout_s: float) -> float:

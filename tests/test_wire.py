@@ -1,6 +1,7 @@
 """What a client sees on the socket, from a real gunicorn started as the Procfile starts it."""
 
 import collections
+import contextlib
 import csv
 import io
 import json
@@ -243,13 +244,21 @@ def test_the_page_says_what_this_is_and_links_the_examples(server):
     assert b'href="streamhtml?nblocks=100&amp;block_size=512"' in reply.body
 
 
-def test_a_client_that_hangs_up_mid_stream_stops_the_stream(start_server):
-    server = start_server()
+@contextlib.contextmanager
+def first_chunk_read(server, path: str):
+    """A connection to `server` whose stream at `path` has sent its head and a first 64 bytes."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        send_request(sock, "/streamhtml?nblocks=100&block_size=64&sleep_ms=2000")
+        send_request(sock, path)
         reader = sock.makefile("rb")
         assert read_head(reader).status == 200
         assert len(read_chunk(reader)) == 64
+        yield sock, reader
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_stream(start_server):
+    server = start_server()
+    path = "/streamhtml?nblocks=100&block_size=64&sleep_ms=2000"
+    with first_chunk_read(server, path) as (_, reader):
         hung_up = time.monotonic()
         reader.close()
     # The stream sleeps 2 s between blocks; it must notice well before its next write.
@@ -264,11 +273,8 @@ def test_a_client_that_leaves_unread_bytes_behind_when_it_hangs_up_frees_its_slo
     start_server, left_behind
 ):
     server = start_server()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        send_request(sock, "/streamhtml?nblocks=3&block_size=64&sleep_ms=2000")
-        reader = sock.makefile("rb")
-        assert read_head(reader).status == 200
-        assert len(read_chunk(reader)) == 64
+    path = "/streamhtml?nblocks=3&block_size=64&sleep_ms=2000"
+    with first_chunk_read(server, path) as (sock, reader):
         sock.sendall(left_behind)  # a pipelined byte or request: not a sign of presence
         time.sleep(0.1)  # it reaches the server before the hang-up
         hung_up = time.monotonic()
