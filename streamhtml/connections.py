@@ -39,7 +39,6 @@ ACCEPT_BATCH = 64
 ACCEPT_YIELD_S = 0.001
 # How often the worker says how many connections it dropped, at most.
 DROP_REPORT_S = 10.0
-
 # How often the worker may hand freed memory back (memory.trim) once streams have ended.
 TRIM_EVERY_S = 10.0
 # Connections hold memory too (a head read so far, a parser, the objects of a request): once
@@ -395,6 +394,7 @@ class ConnectionSide(ThreadWorker):
             return
         self.swept_at = now
         super().murder_pending()
+        metrics.flush_counts()
         while self.heads:
             conn = next(iter(self.heads))
             idle_at_stop = not self.alive and not conn.head

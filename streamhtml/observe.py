@@ -175,8 +175,7 @@ def _status(resp) -> int:
         return 0
 
 
-def _outcome(resp, environ: env.Environ) -> str:
-    stream = env.stream_of(environ)
+def _outcome(resp, environ: env.Environ, stream) -> str:
     if stream is not None:
         return stream.settled_outcome()
     cut = env.cut_outcome(environ)
@@ -231,8 +230,8 @@ def build_record(
         status=_status(resp),
         bytes_sent=bytes_sent,
         duration_ms=round(duration_s * 1000.0, 1),
-        outcome=_outcome(resp, environ) if error is None else COMPLETE,
-        streamed=env.stream_of(environ) is not None,
+        outcome=_outcome(resp, environ, stream) if error is None else COMPLETE,
+        streamed=stream is not None,
         queue_ms=env.queue_ms(environ),
         error=clipped(error or failure),
         peer_addr=peer,

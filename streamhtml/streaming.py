@@ -250,7 +250,8 @@ def stream(
         None if most_bytes is None else most_bytes + len(preamble),
         None if pace is None else pace.items,
     )
-    refused = streams.admit(live, route, charge, client_of(environ))
+    client = None if streams.clients is None else client_of(environ)
+    refused = streams.admit(live, route, charge, client)
     if refused:
         live.close()
         return over_capacity(refused, route)

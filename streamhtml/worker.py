@@ -277,7 +277,7 @@ class StreamingWorker(ConnectionSide):
                 this_request.received_at_s = conn.received_at_s
             resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
             environ["wsgi.multithread"] = True
-            conn.client_done = req.should_close() and not _has_body(req)
+            conn.client_done = req.should_close() and env.body_of(environ) is None
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:
