@@ -1,5 +1,6 @@
 """Connecting to the databases exports read: one connection, credentials kept out of words,
-PEM material from a binding written where libpq can read it, and the embedded dataset's lock.
+PEM material from a binding written where libpq can read it, the embedded dataset's lock, and
+a page's COPY read through libpq.
 
 Shared by streamhtml/rows.py (the app) and streamhtml/dataset.py (the fill command).
 """
@@ -52,3 +53,60 @@ def take_fill_lock(path: str):
         lock.close()
         return None
     return lock
+
+
+def copy_out(pgconn, query: bytes, into: bytearray) -> int:
+    """Run `query`, a `COPY ... TO STDOUT`, on psycopg's libpq connection (`Connection.pgconn`,
+    documented for features psycopg does not wrap) and append what it writes to `into`; the
+    rows the server counted. psycopg's own Copy makes a Python object and a generator step of
+    each row: twice the CPU, on a core the server's COPY needs (make bench --exports-only).
+    A failure is raised as psycopg raises it (`errors.lookup` of its SQLSTATE), and a
+    connection left mid-COPY is not idle, so the pool closes it rather than reuse it."""
+    import select
+
+    import psycopg
+    from psycopg import errors, pq
+
+    waiting = select.poll()
+    waiting.register(pgconn.socket, select.POLLIN)
+    pgconn.send_query(query)
+    while pgconn.flush():  # non-blocking: the query may leave in pieces
+        waiting.modify(pgconn.socket, select.POLLIN | select.POLLOUT)
+        waiting.poll()
+        pgconn.consume_input()
+    waiting.modify(pgconn.socket, select.POLLIN)
+    pgconn.consume_input()
+    while pgconn.is_busy():
+        waiting.poll()
+        pgconn.consume_input()
+    results = [pgconn.get_result()]
+    if results[0] is not None and results[0].status == pq.ExecStatus.COPY_OUT:
+        take = pgconn.get_copy_data
+        while True:
+            size, row = take(1)
+            if size > 0:
+                into += row
+            elif size == 0:  # nothing whole in libpq's buffer: wait for the socket
+                waiting.poll()
+                pgconn.consume_input()
+            else:
+                break
+        results = []
+    while (result := pgconn.get_result()) is not None:
+        results.append(result)
+    rows = -1
+    for result in results:
+        if result is None or result.status == pq.ExecStatus.FATAL_ERROR:
+            message = pgconn.error_message if result is None else result.error_message
+            text = message.decode("utf-8", "replace").strip() or "the COPY failed"
+            if pgconn.status != pq.ConnStatus.OK:
+                raise psycopg.OperationalError(text)
+            sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE) if result else None
+            try:
+                failure = errors.lookup(sqlstate.decode()) if sqlstate else psycopg.DatabaseError
+            except KeyError:
+                failure = psycopg.DatabaseError
+            raise failure(text)
+        if result.status == pq.ExecStatus.COMMAND_OK and result.command_tuples is not None:
+            rows = result.command_tuples
+    return rows

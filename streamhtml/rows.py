@@ -30,7 +30,7 @@ from typing import Any
 
 from . import capacity
 from .dataset import COLUMNS, TABLE, make_in_background
-from .db import pem_files, redact
+from .db import copy_out, pem_files, redact
 from .settings import Limits, Source
 from .stream import StreamFailed
 
@@ -328,19 +328,17 @@ class PostgresSource:
         import psycopg
 
         query = self._copy_query(fmt, after_id, rows, header)
-        written = io.BytesIO()
+        # libpq gives a row at a time; each is appended here and dropped at once. A page held
+        # as a list of row objects set the garbage collector scanning them again and again, a
+        # quarter of an export's time (make bench --exports-only).
+        written = bytearray()
         try:
             with (
                 self._connection() as connection,
-                connection.cursor() as cursor,
                 waiting(partial(connection.cancel_safe, timeout=CANCEL_TIMEOUT_S)),
-                cursor.copy(query) as copy,
             ):
-                # libpq gives a row at a time. Each is written and dropped at once: a page held
-                # as a list of row objects set the garbage collector scanning them again and
-                # again, a quarter of an export's time (make bench --exports-only).
-                written.writelines(copy)
-                count = cursor.rowcount  # COPY's own count: the rows, never the header
+                # COPY's own count: the rows, never the header.
+                count = copy_out(connection.pgconn, query.as_bytes(connection), written)
         except psycopg.errors.QueryCanceled as error:
             cause = redact(" ".join(str(error).split()), self.source)
             raise SourceError(f"PostgreSQL: query cancelled: {cause}", "timeout") from None
@@ -355,7 +353,7 @@ class PostgresSource:
         except psycopg.Error as error:
             cause = redact(" ".join(str(error).split()) or type(error).__name__, self.source)
             raise SourceError(f"PostgreSQL: {cause}", "failed") from None
-        data = written.getvalue()
+        data = bytes(written)
         last_id = _first_field_id(_last_row(data, fmt), fmt) if count > 0 else None
         return Page(_chunked([data], len(data)), max(count, 0), last_id)
 

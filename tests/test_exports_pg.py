@@ -495,6 +495,91 @@ def test_a_terminated_backend_mid_stream_leaves_the_body_unfinished_and_logs_why
 
 
 @pytest.fixture(scope="module")
+def impatient_server(seeded, tmp_path_factory):
+    """One worker whose page queries may take STATEMENT_TIMEOUT_MS at most."""
+    server = started(
+        tmp_path_factory,
+        "impatient",
+        {
+            "DATABASE_URL": seeded.url,
+            "WEB_CONCURRENCY": "1",
+            "STREAMHTML_DB_STATEMENT_TIMEOUT_MS": str(STATEMENT_TIMEOUT_MS),
+        },
+    )
+    yield server
+    server.stop()
+
+
+STATEMENT_TIMEOUT_MS = 400
+
+
+def test_a_page_over_the_statement_timeout_is_a_503_before_the_first_byte(
+    impatient_server, admin, quiet
+):
+    quiet(impatient_server)
+    errors_before = export_errors(impatient_server).get("timeout", 0)
+    with admin.table_locked():
+        started_at = time.monotonic()
+        refused = get(impatient_server, "/export.ndjson?limit=5", timeout_s=10)
+        waited_s = time.monotonic() - started_at
+    body = assert_json_503(refused, "query cancelled", "statement timeout")
+    print(body["detail"])
+    assert STATEMENT_TIMEOUT_MS / 1000 <= waited_s < STATEMENT_TIMEOUT_MS / 1000 + 2, waited_s
+    wait_for(lambda: export_errors(impatient_server).get("timeout", 0) == errors_before + 1, 5)
+    assert get(impatient_server, "/health").status == 200
+    assert ids_of_csv(get(impatient_server, "/export.csv?limit=3").body) == [1, 2, 3]
+    quiet(impatient_server)
+
+
+def test_a_page_over_the_statement_timeout_mid_stream_leaves_the_body_unfinished(
+    impatient_server, admin, quiet
+):
+    quiet(impatient_server)
+    marker = "after_id=104"
+    with export_waiting_on_lock(admin, impatient_server, f"/export.csv?{marker}", True) as (
+        download,
+        _,
+    ):
+        download.wait(10)  # the lock is still held: only the timeout ends the query
+        assert download.ended == "cut", "no final 0-chunk: the client sees an incomplete download"
+        assert download.received > 0
+    line = impatient_server.wait_for_request(query=marker)[-1]
+    assert line["outcome"] == "error" and line["status"] == 200, line
+    assert "statement timeout" in line["error"], line
+    assert no_query_left(admin) < 1.0
+    quiet(impatient_server)
+
+
+def test_copy_out_reads_what_psycopgs_copy_reads_and_raises_what_psycopg_raises(seeded):
+    """db.copy_out goes to libpq through psycopg's documented pgconn: the same bytes and row
+    count as psycopg's own Copy, failures as psycopg's classes, and an idle connection after."""
+    from streamhtml.db import copy_out
+
+    query = (
+        "COPY (SELECT * FROM dataset WHERE id > 990 ORDER BY id LIMIT 25) TO STDOUT (FORMAT csv)"
+    )
+    with psycopg.connect(seeded.url, autocommit=True) as connection:
+        with connection.cursor() as cursor, cursor.copy(query) as copy:
+            expected = b"".join(bytes(row) for row in copy)
+        into = bytearray()
+        assert copy_out(connection.pgconn, query.encode(), into) == 25
+        assert bytes(into) == expected and expected.count(b"\n") >= 25
+
+        connection.execute("SET statement_timeout = 50")
+        failures = [
+            ("COPY (SELECT pg_sleep(1)) TO STDOUT", psycopg.errors.QueryCanceled),
+            ("COPY (SELECT nothing FROM dataset) TO STDOUT", psycopg.errors.UndefinedColumn),
+            ("COPY (SELEC 1) TO STDOUT", psycopg.errors.SyntaxError),
+            ("COPY (SELECT 1/(id - 3) FROM dataset) TO STDOUT", psycopg.errors.DivisionByZero),
+        ]
+        for failing, raised in failures:
+            with pytest.raises(raised):
+                copy_out(connection.pgconn, failing.encode(), bytearray())
+            assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert connection.execute("SELECT 1").fetchone() == (1,), "the connection is usable"
+
+
+@pytest.fixture(scope="module")
 def credentials(seeded):
     """A role of its own with a password that holds URL-reserved characters, so the user and
     the password are strings found nowhere else: a leak of either is plain to see."""
