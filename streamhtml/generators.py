@@ -248,7 +248,6 @@ def _pool_views(size: int, offset: int) -> Iterator[memoryview]:
 
 # No SSE stream stays silent longer than this: idle-timeout load balancers (many cut at 30 or
 # 60 s) see a comment line instead, which every EventSource ignores.
-SSE_HEARTBEAT_S = 15.0
 SSE_HEARTBEAT = b": keep-alive\n\n"
 # The reconnection delay is the stream's own pause, so a resumed stream keeps its pacing; but
 # never under this, so a client that keeps reconnecting does so at most once a second.

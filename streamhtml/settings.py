@@ -62,6 +62,14 @@ class Limits:
         "largest `sleep_ms`, so an idle-timeout load balancer never sees a silent minute",
         2000,
     )
+    sse_heartbeat_s: int = number(
+        "STREAMHTML_SSE_HEARTBEAT_S",
+        15,
+        1,
+        300,
+        "an /sse pause longer than this sends a `: keep-alive` comment every this many seconds",
+        1,
+    )
     max_stream_duration_s: int = number(
         "STREAMHTML_MAX_STREAM_DURATION_S",
         600,

@@ -31,7 +31,6 @@ from .generators import (
     CSV_CHUNK_BYTES,
     RING_MAX_BLOCK,
     SSE_HEARTBEAT,
-    SSE_HEARTBEAT_S,
     Pace,
     csv_chunks,
     html_blocks,
@@ -177,7 +176,7 @@ def pace_of(wanted: StreamRequest, items: int, heartbeat: bytes = b"") -> Pace |
     """How a stream of `items` waits between them; None when it does not (sleep_ms=0)."""
     if not wanted.sleep_ms:
         return None
-    every_s = SSE_HEARTBEAT_S if heartbeat else 0.0
+    every_s = float(settings().limits.sse_heartbeat_s) if heartbeat else 0.0
     return Pace(items, wanted.sleep_ms / 1000.0, heartbeat, every_s)
 
 
