@@ -153,40 +153,30 @@ def started(tmp_path_factory, name: str, env: dict) -> Server:
     return Server(tmp_path_factory.mktemp(name) / "gunicorn.log", env=env).start()
 
 
-@pytest.fixture(scope="module")
-def pg_server(seeded, tmp_path_factory):
-    """One worker on DATABASE_URL (RSS and the main loop are then that worker's), one
-    producing turn, room for 12 exports."""
-    server = started(
-        tmp_path_factory,
-        "pg",
-        {
-            "DATABASE_URL": seeded.url,
-            "WEB_CONCURRENCY": "1",
-            "STREAMHTML_PRODUCING_STREAMS": "1",
-            "STREAMHTML_MAX_EXPORT_STREAMS": "12",
-        },
-    )
-    yield server
-    server.stop()
+def one_worker(name: str, **env: str):
+    """A fixture: the module's server `<name>_server`, one worker on the seeded database (its
+    RSS and its main loop are then the server's), with `env`."""
+
+    @pytest.fixture(scope="module", name=f"{name}_server")
+    def server(seeded, tmp_path_factory):
+        running = started(
+            tmp_path_factory, name, {"DATABASE_URL": seeded.url, "WEB_CONCURRENCY": "1", **env}
+        )
+        yield running
+        running.stop()
+
+    return server
 
 
-@pytest.fixture(scope="module")
-def narrow_server(seeded, tmp_path_factory):
-    """One worker with one database connection, waited for 1 s, and two exports at most."""
-    server = started(
-        tmp_path_factory,
-        "narrow",
-        {
-            "DATABASE_URL": seeded.url,
-            "WEB_CONCURRENCY": "1",
-            "STREAMHTML_DB_POOL_SIZE": "1",
-            "STREAMHTML_DB_POOL_TIMEOUT_S": str(POOL_TIMEOUT_S),
-            "STREAMHTML_MAX_EXPORT_STREAMS": "2",
-        },
-    )
-    yield server
-    server.stop()
+# One producing turn, room for 12 exports.
+pg_server = one_worker("pg", STREAMHTML_PRODUCING_STREAMS="1", STREAMHTML_MAX_EXPORT_STREAMS="12")
+# One database connection, waited for POOL_TIMEOUT_S, and two exports at most.
+narrow_server = one_worker(
+    "narrow",
+    STREAMHTML_DB_POOL_SIZE="1",
+    STREAMHTML_DB_POOL_TIMEOUT_S=str(POOL_TIMEOUT_S),
+    STREAMHTML_MAX_EXPORT_STREAMS="2",
+)
 
 
 @pytest.fixture
@@ -470,6 +460,16 @@ def test_a_hang_up_cancels_the_running_query_within_a_second(pg_server, admin, q
     quiet(pg_server)
 
 
+def assert_unfinished(server: Server, download: "Download", marker: str, cause: str) -> None:
+    """The export ended mid-stream without its final chunk, and its log line says why."""
+    download.wait(10)
+    assert download.ended == "cut", "no final 0-chunk: the client sees an incomplete download"
+    assert download.received > 0
+    line = server.wait_for_request(query=marker)[-1]
+    assert line["outcome"] == "error" and line["status"] == 200, line
+    assert cause in line["error"], line
+
+
 def test_a_terminated_backend_mid_stream_leaves_the_body_unfinished_and_logs_why(
     pg_server, admin, quiet
 ):
@@ -483,34 +483,16 @@ def test_a_terminated_backend_mid_stream_leaves_the_body_unfinished_and_logs_why
         assert not others
         admin.query("SELECT pg_terminate_backend(%s)", (pid,))
         lock.release()
-        download.wait(10)
-        assert download.ended == "cut", "no final 0-chunk: the client sees an incomplete download"
-        assert download.received > 0
-
-    line = pg_server.wait_for_request(query=marker)[-1]
-    assert line["outcome"] == "error" and line["status"] == 200, line
-    assert "terminating connection due to administrator command" in line["error"], line
+        assert_unfinished(pg_server, download, marker, "terminating connection due to admin")
     assert ids_of_csv(get(pg_server, "/export.csv?limit=3").body) == [1, 2, 3], "still serves"
     quiet(pg_server)
 
 
-@pytest.fixture(scope="module")
-def impatient_server(seeded, tmp_path_factory):
-    """One worker whose page queries may take STATEMENT_TIMEOUT_MS at most."""
-    server = started(
-        tmp_path_factory,
-        "impatient",
-        {
-            "DATABASE_URL": seeded.url,
-            "WEB_CONCURRENCY": "1",
-            "STREAMHTML_DB_STATEMENT_TIMEOUT_MS": str(STATEMENT_TIMEOUT_MS),
-        },
-    )
-    yield server
-    server.stop()
-
-
 STATEMENT_TIMEOUT_MS = 400
+# Page queries that may take STATEMENT_TIMEOUT_MS at most.
+impatient_server = one_worker(
+    "impatient", STREAMHTML_DB_STATEMENT_TIMEOUT_MS=str(STATEMENT_TIMEOUT_MS)
+)
 
 
 def test_a_page_over_the_statement_timeout_is_a_503_before_the_first_byte(
@@ -536,16 +518,10 @@ def test_a_page_over_the_statement_timeout_mid_stream_leaves_the_body_unfinished
 ):
     quiet(impatient_server)
     marker = "after_id=104"
-    with export_waiting_on_lock(admin, impatient_server, f"/export.csv?{marker}", True) as (
-        download,
-        _,
-    ):
-        download.wait(10)  # the lock is still held: only the timeout ends the query
-        assert download.ended == "cut", "no final 0-chunk: the client sees an incomplete download"
-        assert download.received > 0
-    line = impatient_server.wait_for_request(query=marker)[-1]
-    assert line["outcome"] == "error" and line["status"] == 200, line
-    assert "statement timeout" in line["error"], line
+    path = f"/export.csv?{marker}"
+    with export_waiting_on_lock(admin, impatient_server, path, True) as (download, _):
+        # The lock is still held: only the timeout ends the query.
+        assert_unfinished(impatient_server, download, marker, "statement timeout")
     assert no_query_left(admin) < 1.0
     quiet(impatient_server)
 
