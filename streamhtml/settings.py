@@ -228,11 +228,11 @@ class Limits:
     )
     export_batch_rows: int = number(
         "STREAMHTML_EXPORT_BATCH_ROWS",
-        5000,
+        15_000,
         1,
         1_000_000,
         "rows an export reads in one query (keyset pages of at most this many rows, and of "
-        "about 512 KiB); between pages it holds no database connection",
+        "about 1 MiB); between pages it holds no database connection",
         200,
     )
     dataset_rows: int = number(

@@ -294,6 +294,21 @@ def test_a_pages_last_row_is_found_past_quoted_newlines_that_look_like_rows():
     assert _last_row(b'{"id":1}\n', NDJSON) == b'{"id":1}\n'
 
 
+def test_sqlite_pages_stay_small_whatever_the_batch_and_every_row_is_sent(tmp_path):
+    from streamhtml.rows import SqliteSource, export
+    from streamhtml.settings import Limits, Source
+
+    path = str(tmp_path / "rows.sqlite")
+    fill_sqlite(path, 12_000)
+    source = SqliteSource(Source("sqlite", "DATABASE_URL", path=path), Limits())
+    pages: list[int] = []
+    body = b"".join(export(source, CSV, 0, None, 15_000, counted=pages.append))
+    assert pages == [5000, 5000, 2000], "rows as Python objects: at most most_page_rows a page"
+    assert [row[0] for row in csv.reader(io.StringIO(body.decode(), newline=""))][1:] == [
+        str(number) for number in range(1, 12_001)
+    ]
+
+
 # --- the dataset -------------------------------------------------------------------------------
 
 

@@ -309,7 +309,7 @@ def peak_rss_kib(pid: int) -> int:
 
 
 def test_a_csv_slice_is_byte_identical_to_postgresqls_own_copy(pg_server, admin):
-    limit = 123_457  # some 25 pages, the last one short
+    limit = 123_457  # some 9 pages, the last one short
     response = get(pg_server, f"/export.csv?limit={limit}")
 
     assert response.status == 200 and response.chunked
