@@ -54,6 +54,19 @@ MAX_PASSED_FIELDS = 256
 _passed_fields: dict[tuple[str, str], None] = {}
 
 
+# Each chunk's size line, by size: a body repeats a few sizes, and formatting one took 120 ns,
+# a tenth of what queueing a 512-byte chunk costs. Bounded: past it, sizes are formatted anew.
+MAX_CHUNK_HEADS = 4096
+_chunk_heads: dict[int, bytes] = {}
+
+
+def _chunk_head(size: int) -> bytes:
+    head = b"%X\r\n" % size
+    if len(_chunk_heads) < MAX_CHUNK_HEADS:
+        _chunk_heads[size] = head
+    return head
+
+
 class ResponseCut(BrokenPipeError):
     """We ended the response ourselves; gthread treats it as the broken pipe it becomes."""
 
@@ -121,7 +134,8 @@ class StreamingResponse(wsgi.Response):
                 continue  # an empty chunk would end a chunked body
             tail = self._tail
             if chunked:
-                tail += b"%X\r\n" % size
+                head = _chunk_heads.get(size)
+                tail += _chunk_head(size) if head is None else head
             if size < ZERO_COPY_BYTES:
                 tail += item
             else:
