@@ -57,7 +57,11 @@ def test_random_blocks_differ_from_their_neighbours(block_size):
 
 
 def test_random_streams_differ_between_requests():
-    assert blocks_of(html_blocks(4, 1024)) != blocks_of(html_blocks(4, 1024))
+    # Each request starts at a random place of its size's ring (1,024 blocks of 1 KiB), so two
+    # requests start alike one time in 1,024 (two in a row flaked this test once); of 50
+    # requests, 48.8 start apart on average, and fewer than 45 would take 6 coincidences.
+    firsts = {bytes(blocks_of(html_blocks(4, 1024))[0]) for _ in range(50)}
+    assert len(firsts) >= 45
 
 
 def test_static_data_repeats_one_block():
