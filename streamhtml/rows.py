@@ -79,13 +79,12 @@ class Page:
     last_id: int | None
 
 
-def _chunked(parts: list, total: int) -> list[bytes | memoryview]:
+def _chunked(data: bytes) -> list[bytes | memoryview]:
     """The page's bytes as chunks of about CHUNK_BYTES (a chunk is one send, one HTTP chunk)."""
-    whole = b"".join(parts)
-    if total <= CHUNK_BYTES:
-        return [whole] if whole else []
-    view = memoryview(whole)
-    return [view[start : start + CHUNK_BYTES] for start in range(0, total, CHUNK_BYTES)]
+    if len(data) <= CHUNK_BYTES:
+        return [data] if data else []
+    view = memoryview(data)
+    return [view[start : start + CHUNK_BYTES] for start in range(0, len(data), CHUNK_BYTES)]
 
 
 # --- SQLite -------------------------------------------------------------------------------------
@@ -163,7 +162,7 @@ class SqliteSource:
         else:
             body = "".join(_json_row(record) + "\n" for record in records)
         data = body.encode()
-        return Page(_chunked([data], len(data)), len(records), records[-1][0] if records else None)
+        return Page(_chunked(data), len(records), records[-1][0] if records else None)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -362,7 +361,7 @@ class PostgresSource:
             raise SourceError(f"PostgreSQL: {cause}", "failed") from None
         data = bytes(written)
         last_id = _first_field_id(_last_row(data, fmt), fmt) if count > 0 else None
-        return Page(_chunked([data], len(data)), max(count, 0), last_id)
+        return Page(_chunked(data), max(count, 0), last_id)
 
     def close(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():

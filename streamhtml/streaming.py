@@ -166,7 +166,9 @@ def stream_headers(content_type: str) -> Headers:
 
 
 def stream_base_bytes(limits: Limits) -> int:
-    return STREAM_RSS_BYTES + (2 * limits.send_buffer_bytes or AUTOTUNED_SEND_BUFFER_BYTES)
+    """The charge of a stream whose size is not known: its process share and a whole send
+    buffer (stream_charge_bytes with nothing held and no bound)."""
+    return stream_charge_bytes(limits, 0)
 
 
 # Beyond its body, what a stream's socket may be asked to hold: the response head, the SSE
@@ -190,10 +192,9 @@ def stream_charge_bytes(
     return STREAM_RSS_BYTES + socket_bytes + held_bytes
 
 
-def client_of(environ) -> str | None:
-    """Who the per-client cap counts this request against, when the operator set one."""
-    streams = current_app.extensions["streamhtml.tracker"]
-    if streams.clients is None:
+def client_of(environ, tracker: capacity.Tracker) -> str | None:
+    """Who the per-client cap counts this request against; None when the operator set none."""
+    if tracker.clients is None:
         return None
     return clients.client_of(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"))
 
@@ -250,8 +251,7 @@ def stream(
         None if most_bytes is None else most_bytes + len(preamble),
         None if pace is None else pace.items,
     )
-    client = None if streams.clients is None else client_of(environ)
-    refused = streams.admit(live, route, charge, client)
+    refused = streams.admit(live, route, charge, client_of(environ, streams))
     if refused:
         live.close()
         return over_capacity(refused, route)

@@ -301,7 +301,9 @@ def upload():
     head_at = time.monotonic() - max(0.0, time.time() - (env.received_at(environ) or time.time()))
     current = Upload(sock, time.monotonic() + limits.max_stream_duration_s)
     tracker = current_app.extensions["streamhtml.tracker"]
-    refused = tracker.admit(current, "/upload", upload_cost_bytes(limits), client_of(environ))
+    refused = tracker.admit(
+        current, "/upload", upload_cost_bytes(limits), client_of(environ, tracker)
+    )
     if refused:
         return over_capacity(refused, "/upload")
     received = Received()

@@ -200,9 +200,9 @@ def send_file_from_directory(name: str = ""):
     response = files.send(current.content.files_dir, name)
     limits = current.limits
     cost_bytes = stream_base_bytes(limits)  # its send buffer and thread: no block of its own
-    refused = files.admit(
-        response, tracker(), cost_bytes, limits.max_stream_duration_s, client_of(request.environ)
-    )
+    streams = tracker()
+    client = client_of(request.environ, streams)
+    refused = files.admit(response, streams, cost_bytes, limits.max_stream_duration_s, client)
     return over_capacity(refused) if refused else response
 
 

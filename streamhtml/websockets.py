@@ -280,7 +280,7 @@ def serve(messages: Iterator[bytes] | None = None, pause_s: float = 0.0) -> Resp
     tracker = current_app.extensions["streamhtml.tracker"]
     # Charged as a stream with no end in sight: its send buffer whole, and its read buffer.
     cost_bytes = stream_base_bytes(limits) + READ_BYTES
-    refused = tracker.admit(session, route, cost_bytes, client_of(environ))
+    refused = tracker.admit(session, route, cost_bytes, client_of(environ, tracker))
     if refused:
         return over_capacity(refused, route)
     started = time.monotonic()

@@ -166,7 +166,9 @@ def test_a_stream_is_charged_the_smaller_of_its_body_and_its_send_buffer():
     assert 499 * small < 128 * 1024 * 1024 * 0.5
     large = stream_charge_bytes(limits, 1024, most_bytes=200 * 1024, items=200)
     assert large == stream_base_bytes(limits) + 1024
-    assert stream_charge_bytes(limits, 0) == stream_base_bytes(limits)  # a body of no known size
+    # A body of no known size: its process share and the whole doubled send buffer.
+    assert stream_charge_bytes(limits, 0) == STREAM_RSS_BYTES + 2 * limits.send_buffer_bytes
+    assert limits.send_buffer_bytes == 128 * 1024
     # Items of unknown count may each be a byte, each with its chunk framing.
     assert stream_charge_bytes(limits, 0, most_bytes=10_000) > stream_charge_bytes(
         limits, 0, most_bytes=10_000, items=10
