@@ -18,6 +18,9 @@ import tempfile
 from pathlib import Path
 
 import run as bench
+from report import median
+
+import tools
 
 
 def main() -> int:
@@ -29,31 +32,31 @@ def main() -> int:
     parser.add_argument("--ab", default="-c 2", help="ab's options, e.g. '-k -c 2'")
     args = parser.parse_args()
 
-    bench.ensure_tools()
-    bench.raise_fd_limit()
+    tools.ensure_tools()
+    tools.raise_fd_limit()
     bench.OUT.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="streamhtml-compare-") as tmp_name,
-        open(bench.OUT / "compare.log", "w") as bench.RAW,
+        tools.raw_log(bench.OUT / "compare.log"),
     ):
         results = measure(args, Path(tmp_name))
 
     base = [rps for rps, _ in results["minimal app"]]
     print(f"\n{'server':<40} {'req/s':>7} {'CPU µs/req':>10} {'÷ minimal':>9}  per round")
     for name, rows in results.items():
-        # A round whose ab run failed is nan; bench.median leaves it out, as make bench does.
+        # A round whose ab run failed is nan; median leaves it out, as make bench does.
         ratios = [rps / base_rps for (rps, _), base_rps in zip(rows, base, strict=True)]
         print(
-            f"{name:<40} {bench.median(r for r, _ in rows):>7.0f}"
-            f" {bench.median(c for _, c in rows):>10.0f}"
-            f" {bench.median(ratios):>9.2f}  {' '.join(f'{r:.2f}' for r in ratios)}"
+            f"{name:<40} {median(r for r, _ in rows):>7.0f}"
+            f" {median(c for _, c in rows):>10.0f}"
+            f" {median(ratios):>9.2f}  {' '.join(f'{r:.2f}' for r in ratios)}"
         )
     return 0
 
 
 def measure(args, tmp: Path) -> dict[str, list[tuple[float, float]]]:
     """(req/s, CPU µs a request) of each server, a pair a round."""
-    servers: dict[str, bench.Server] = {}
+    servers: dict[str, tools.Server] = {}
     for index, tree in enumerate(args.trees):
         started = bench.start_servers(argparse.Namespace(project=tree.resolve(), env={}), tmp, 0)
         project = started["project"]
@@ -69,7 +72,7 @@ def measure(args, tmp: Path) -> dict[str, list[tuple[float, float]]]:
             # round read some 5 % more CPU a request than the same tree run last.
             order = list(servers.items())
             for name, server in order if round_no % 2 else order[::-1]:
-                cpu_us, rps = bench.cpu_per_request(
+                cpu_us, rps = tools.cpu_per_request(
                     name, server, args.path, args.requests, args.ab.split()
                 )
                 results[name].append((rps, cpu_us))

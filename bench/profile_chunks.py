@@ -20,6 +20,8 @@ from pathlib import Path
 
 import run as bench
 
+import tools
+
 OUT = bench.OUT / "profile"
 RATE = 200  # py-spy samples per second
 CURL = ["curl", "-s", "-o", "/dev/null"]
@@ -58,17 +60,17 @@ def spy_summary(raw: Path, chunks: int) -> list[str]:
     return lines
 
 
-def load(label: str, server: bench.Server, size: int, how: tuple) -> int:
+def load(label: str, server: tools.Server, size: int, how: tuple) -> int:
     """Run one load; the number of chunks it made the server send."""
     nblocks, argv, requests = how
     url = f"http://127.0.0.1:{server.port}{bench.stream_path(server.name, nblocks, size)}"
-    out = bench.run(label, [*argv, url], 300)
+    out = tools.run(label, [*argv, url], 300)
     if requests is None:  # wrk: what it finished
-        requests = int(bench.number(r"(\d+) requests in", out, 0))
+        requests = int(tools.number(r"(\d+) requests in", out, 0))
     return requests * nblocks
 
 
-def profile(server: bench.Server, name: str, size: int, spied: tuple, traced: tuple) -> str:
+def profile(server: tools.Server, name: str, size: int, spied: tuple, traced: tuple) -> str:
     tag = f"{server.name}-{name}"
     raw = OUT / f"{tag}.spy.txt"
     spy = subprocess.Popen(
@@ -116,14 +118,13 @@ def main() -> int:
     args = parser.parse_args()
     args.env = {}
     args.project = args.project.resolve()
-    bench.APT["strace"] = "strace"
-    bench.ensure_tools()
-    if not Path(SPY).exists() or not bench.which("strace"):
+    tools.APT["strace"] = "strace"
+    tools.ensure_tools()
+    if not Path(SPY).exists() or not tools.which("strace"):
         sys.exit("needs py-spy (bench/requirements.txt) and strace (apt-get install strace)")
     OUT.mkdir(parents=True, exist_ok=True)
     lines = []
-    with open(OUT / "raw.log", "w") as raw, tempfile.TemporaryDirectory() as tmp_name:
-        bench.RAW = raw
+    with tools.raw_log(OUT / "raw.log"), tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         servers = bench.start_servers(args, tmp, 0)
         try:

@@ -60,9 +60,10 @@ def upload_rows(servers: dict, order, put, rss_watch) -> None:
             post_discarded(server.port, 1 << 20)
         watch = rss_watch(server.workers() if name != "nginx" else [])
         with watch:
-            put("upload", name, post_discarded(server.port))
-        if name != "nginx":
-            put("rss_upload", name, watch.growth_mib())
+            speed = post_discarded(server.port)
+        put("upload", name, speed)
+        if name != "nginx":  # a tree without /upload has no figure
+            put("rss_upload", name, math.nan if math.isnan(speed) else watch.growth_mib())
 
 
 ROWS = (

@@ -48,10 +48,9 @@ def messages_per_s(port: int, count: int = MESSAGES, size: int = MESSAGE_BYTES) 
     return received / seconds if received == count else math.nan
 
 
-def websocket_rows(servers: dict, put) -> None:
-    port = servers["project"].port
-    messages_per_s(port, 1000)  # warm: each worker's first WebSocket imports what it needs
-    put("ws_messages", "project", messages_per_s(port))
+def websocket_rows(server, put) -> None:
+    messages_per_s(server.port, 1000)  # warm: each worker's first WebSocket imports what it needs
+    put("ws_messages", server.name, messages_per_s(server.port))
 
 
 ROWS = (

@@ -93,3 +93,45 @@ def test_a_real_worker_leaves_nothing_in_a_reference_cycle(start_server, tmp_pat
         # may still wait for the next one.
         freed = freed_by_collector(env, worker) - before
         assert freed / requests <= allowed + 0.5, f"{path}: {freed / requests:.1f} a request"
+
+
+def test_a_row_falls_against_the_baseline_only_when_worse_in_every_round_and_by_enough():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from against import against_report
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+    def line_of(lines: list[str], label: str) -> str:
+        return next(line for line in lines if line.startswith(f"| {label} |"))
+
+    run = {
+        "mode": {"rounds": 3},
+        "seconds": 1.0,
+        "loads": [0.0, 0.0],
+        "facts": {"project tree": "a", "baseline tree": "b", "nproc": "2", "CPU": "x",
+                  "Python": "3"},
+        "data": {
+            # req/s: higher is better. Worse in every round by 5 %: falls.
+            "ab_c10": {"project": [95, 95, 95], "baseline": [100, 100, 100]},
+            # Worse by 5 % twice, better once: the rounds disagree, it does not fall.
+            "ab_c2": {"project": [95, 95, 101], "baseline": [100, 100, 100]},
+            # Worse in every round, by 1 %: within what falls.
+            "wrk_c10": {"project": [99, 99, 99], "baseline": [100, 100, 100]},
+            # µs a request: lower is better. 3 % more in every round: falls.
+            "cpu_health": {"project": [103, 103, 103], "baseline": [100, 100, 100]},
+            # MiB by difference: 0.2 → 0.5 MiB is three times as much, and no fall.
+            "rss_1024": {"project": [0.5, 0.5, 0.5], "baseline": [0.2, 0.2, 0.2]},
+            "rss_65536": {"project": [3.0, 3.0, 3.0], "baseline": [1.0, 1.0, 1.0]},
+        },
+    }  # fmt: skip
+    lines = against_report(run)
+    assert line_of(lines, "`ab -n 2000 -c 10`, 100 × 512 B").endswith("| **falls** |")
+    assert line_of(lines, "`ab -n 2000 -c 2`, 16 × 1 KiB").endswith("|  |")
+    assert line_of(lines, "`wrk -c10` keep-alive, 100 × 512 B").endswith("|  |")
+    assert line_of(lines, "server CPU a request, `/health`, `ab -c 2`").endswith("| **falls** |")
+    assert line_of(lines, "worker RSS growth, 1 KiB blocks").endswith(
+        "| +0.30 | +0.30, +0.30, +0.30 |  |"
+    )
+    assert line_of(lines, "worker RSS growth, 64 KiB blocks").endswith("| **falls** |")
+    assert lines[-1].startswith("Rows that fell: `ab -n 2000 -c 10`")

@@ -1,0 +1,78 @@
+"""`bench/run.py --against DIR`'s report: each row of two project trees measured in the same
+rounds, one against the other, and the rows that fell."""
+
+import math
+
+from plan import CPU_LOADS
+from report import ROWS, fmt, median
+
+LOWER_IS_BETTER = ("MiB", "ms", "s", "µs")
+FALL_SHARE = 0.02  # a row falls when worse in every round and its median worse by this much
+# Memory rows are a fraction of a MiB, where ratios say little: they compare by difference.
+FALL_MIB = 1.0
+
+
+def against_rows():
+    """(figure, label, unit, scale) of every row both trees serve: the table's, the CPU ones."""
+    seen = set()
+    for figure, label, unit, scale, top_figure in ROWS:
+        figure = top_figure or figure
+        if figure not in seen:
+            seen.add(figure)
+            yield figure, label, unit, scale
+    for figure, label, _, _ in CPU_LOADS:
+        yield f"cpu_{figure}", f"server CPU a request, {label}", "µs", 1
+
+
+def against_report(run: dict) -> list[str]:
+    """Each row's project ÷ baseline (− for MiB), per round and the median; the rows that fell."""
+    data, facts = run["data"], run["facts"]
+    rounds = run["mode"]["rounds"]
+    lines = [
+        "# One tree against another (`bench/run.py --against`)",
+        "",
+        f"- project: {facts['project tree']}",
+        f"- baseline: {facts['baseline tree']}",
+        f"- {rounds} round(s), {run['seconds']:.0f} s; load average at start and end:"
+        f" {run['loads'][0]:.2f}, {run['loads'][1]:.2f}",
+        f"- machine: {facts['nproc']} × {facts['CPU']}, Python {facts['Python']}",
+        "",
+        "Both trees run in every round beside the minimal app and nginx, the order of the"
+        " four reversed every other round; a ratio is taken within a round. For req/s, MiB/s"
+        " and msg/s higher is better; for MiB, ms, s and µs lower. A row **falls** when it is"
+        f" worse in every round and its median ratio is worse by {FALL_SHARE:.0%} or more"
+        f" (a memory row: its median difference is {FALL_MIB:g} MiB or more).",
+        "",
+        "| figure | unit | project | baseline | project ÷ baseline (− in MiB) | each round | |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    fell = []
+    for figure, label, unit, scale in against_rows():
+        values = data.get(figure, {})
+        tops, bases = values.get("project", []), values.get("baseline", [])
+        by_difference = unit == "MiB"
+        pairs = [
+            t - b if by_difference else t / b
+            for t, b in zip(tops, bases)
+            if (b or by_difference) and not math.isnan(t * b)
+        ]
+        neutral, lower = (0 if by_difference else 1), unit in LOWER_IS_BETTER
+        worse = [p > neutral if lower else p < neutral for p in pairs]
+        middle = median(pairs)
+        step = FALL_MIB if by_difference else FALL_SHARE
+        falls = (
+            len(pairs) == rounds > 1
+            and all(worse)
+            and (middle >= neutral + step if lower else middle <= neutral - step)
+        )
+        if falls:
+            fell.append(label)
+        cells = [fmt(median(v) / scale, unit) for v in (tops, bases)]
+        shown = f"{middle:+.2f}" if by_difference and not math.isnan(middle) else fmt(middle, "x")
+        each = ", ".join(f"{p:+.2f}" if by_difference else f"{p:.3f}" for p in pairs)
+        lines.append(
+            f"| {label} | {unit} | {cells[0]} | {cells[1]} | {shown}"
+            f" | {each} | {'**falls**' if falls else ''} |"
+        )
+    lines += ["", f"Rows that fell: {'; '.join(fell) if fell else 'none'}."]
+    return lines
