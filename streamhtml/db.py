@@ -1,6 +1,6 @@
 """Connecting to the databases exports read: one connection, credentials kept out of words,
 PEM material from a binding written where libpq can read it, the embedded dataset's lock, and
-a page's COPY read through libpq.
+a page's COPY read through libpq, its last row's id found.
 
 Shared by streamhtml/rows.py (the app) and streamhtml/dataset.py (the fill command).
 """
@@ -8,6 +8,7 @@ Shared by streamhtml/rows.py (the app) and streamhtml/dataset.py (the fill comma
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import tempfile
 
@@ -110,3 +111,20 @@ def copy_out(pgconn, query: bytes, into: bytearray) -> int:
         if result.status == pq.ExecStatus.COMMAND_OK and result.command_tuples is not None:
             rows = result.command_tuples
     return rows
+
+
+def page_last_id(data: bytes, csv: bool) -> int:
+    """The id of a page's last row, the next page's start. A CSV field holds a newline only
+    inside quotes, and quotes come in pairs (one inside a field is doubled): a newline ends a
+    row when an even number of quotes come before it, or, the page being whole rows, after it
+    (only the tail is counted). JSON text holds no raw newline at all."""
+    end = len(data) - 1  # the last row's own newline
+    while True:
+        start = data.rfind(b"\n", 0, end) + 1
+        if start == 0 or not csv or data.count(b'"', start) % 2 == 0:
+            break
+        end = start - 1
+    line = data[start:]
+    if csv:
+        return int(line[: line.index(b",")])  # the id leads, never quoted: digits only
+    return int(json.loads(line)["id"])

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import capacity
 from .dataset import COLUMNS, TABLE, make_in_background
-from .db import copy_out, pem_files, redact
+from .db import copy_out, page_last_id, pem_files, redact
 from .settings import Limits, Source
 from .stream import StreamFailed
 
@@ -40,6 +40,10 @@ CHUNK_BYTES = 64 * 1024
 # A page is read whole before it is sent: its rows are chosen to come to about this much.
 # Pages of 1 MiB ran at 0.93x psql's rate, of 512 KiB at 0.86x (fewer turns of query and send).
 PAGE_BYTES = 1024 * 1024
+# The first page's rows: their width is not known until a page is read, and a table of wide
+# rows read STREAMHTML_EXPORT_BATCH_ROWS at a time (100 KB rows, 15,000 of them) would hold
+# 1.5 GB. From the second page on, a page's rows are chosen by the width of the last page's.
+FIRST_PAGE_ROWS = 16
 # What an export holds at most besides its socket: a page, and the chunk being sent.
 EXPORT_HELD_BYTES = 2 * PAGE_BYTES
 # How long a client is told to wait while the embedded dataset is being made.
@@ -360,32 +364,13 @@ class PostgresSource:
             cause = redact(" ".join(str(error).split()) or type(error).__name__, self.source)
             raise SourceError(f"PostgreSQL: {cause}", "failed") from None
         data = bytes(written)
-        last_id = _first_field_id(_last_row(data, fmt), fmt) if count > 0 else None
+        last_id = page_last_id(data, fmt == CSV) if count > 0 else None
         return Page(_chunked(data), max(count, 0), last_id)
 
     def close(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.close(timeout=POOL_CLOSE_TIMEOUT_S)
         self._pool = None
-
-
-def _last_row(data: bytes, fmt: str) -> bytes:
-    """The last row of a page. A CSV field holds a newline only inside quotes, and quotes come in
-    pairs (one inside a field is doubled): a newline ends a row when an even number of quotes
-    come before it, or, the page being whole rows, after it (only the tail is counted). JSON
-    text holds no raw newline at all."""
-    end = len(data) - 1  # the last row's own newline
-    while True:
-        start = data.rfind(b"\n", 0, end) + 1
-        if start == 0 or fmt != CSV or data.count(b'"', start) % 2 == 0:
-            return data[start:]
-        end = start - 1
-
-
-def _first_field_id(line: bytes, fmt: str) -> int:
-    if fmt == CSV:
-        return int(line[: line.index(b",")])  # the id leads, never quoted: digits only
-    return int(json.loads(line)["id"])
 
 
 RowSource = SqliteSource | PostgresSource
@@ -414,7 +399,7 @@ def export(
     """
     sent = 0
     page_rows = min(page_rows, rows_source.most_page_rows)
-    rows_next = page_rows
+    rows_next = min(page_rows, FIRST_PAGE_ROWS)
     header = fmt == CSV
     hung_up: list[bool] = []
 

@@ -19,8 +19,8 @@ import pytest
 from support import REPO, Server, read_body, read_head, request, send_request
 
 from streamhtml.dataset import COLUMNS, DatasetExists, dataset_rows, fill_sqlite
-from streamhtml.db import redact
-from streamhtml.rows import CSV, NDJSON, _first_field_id, _last_row
+from streamhtml.db import page_last_id, redact
+from streamhtml.rows import CSV
 from streamhtml.settings import (
     Limits,
     SettingsError,
@@ -285,13 +285,13 @@ def test_credentials_stay_out_of_what_the_source_shows():
 def test_a_pages_last_row_is_found_past_quoted_newlines_that_look_like_rows():
     # PostgreSQL's page is one block of CSV; the next page starts after its last row's id.
     lines = b'id,note\n1,plain\n2,"x\n3,looks like a row"\n'
-    assert _first_field_id(_last_row(lines, CSV), CSV) == 2
+    assert page_last_id(lines, csv=True) == 2
     doubled = b'1,"a""\n9,b"\n2,"c\n""\n7,d"\n'
-    assert _first_field_id(_last_row(doubled, CSV), CSV) == 2
-    assert _first_field_id(_last_row(b"id,note\n5,x\n", CSV), CSV) == 5
+    assert page_last_id(doubled, csv=True) == 2
+    assert page_last_id(b"id,note\n5,x\n", csv=True) == 5
     ndjson = b'{"id":4,"note":"a\\nb"}\n{"id":5,"note":null}\n'
-    assert _first_field_id(_last_row(ndjson, NDJSON), NDJSON) == 5
-    assert _last_row(b'{"id":1}\n', NDJSON) == b'{"id":1}\n'
+    assert page_last_id(ndjson, csv=False) == 5
+    assert page_last_id(b'{"id":1}\n', csv=False) == 1
 
 
 def test_sqlite_pages_stay_small_whatever_the_batch_and_every_row_is_sent(tmp_path):
@@ -303,10 +303,40 @@ def test_sqlite_pages_stay_small_whatever_the_batch_and_every_row_is_sent(tmp_pa
     source = SqliteSource(Source("sqlite", "DATABASE_URL", path=path), Limits())
     pages: list[int] = []
     body = b"".join(export(source, CSV, 0, None, 15_000, counted=pages.append))
-    assert pages == [5000, 5000, 2000], "rows as Python objects: at most most_page_rows a page"
+    # The first page is FIRST_PAGE_ROWS; then rows as Python objects: most_page_rows at most.
+    assert pages == [16, 5000, 5000, 1984]
     assert [row[0] for row in csv.reader(io.StringIO(body.decode(), newline=""))][1:] == [
         str(number) for number in range(1, 12_001)
     ]
+
+
+def test_a_table_of_wide_rows_is_read_in_pages_near_page_bytes_from_the_second_on(tmp_path):
+    # A template user's table of 200 KB rows: 15,000 rows a page would be 3 GB.
+    from streamhtml.rows import FIRST_PAGE_ROWS, PAGE_BYTES, SqliteSource, export
+    from streamhtml.settings import Limits, Source
+
+    path = str(tmp_path / "wide.sqlite")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "CREATE TABLE dataset (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL,"
+            " amount_cents INTEGER NOT NULL, name TEXT NOT NULL, note TEXT)"
+        )
+        wide = [(k, "2026-01-01 00:00:00", k, f"n{k}", "x" * 200_000) for k in range(1, 61)]
+        db.executemany("INSERT INTO dataset VALUES (?, ?, ?, ?, ?)", wide)
+        db.commit()
+    source = SqliteSource(Source("sqlite", "DATABASE_URL", path=path), Limits())
+    pages: list[tuple[int, int]] = []
+    held = [0]
+
+    def counted(rows: int) -> None:
+        pages.append((rows, held[0]))
+        held[0] = 0
+
+    for chunk in export(source, CSV, 0, None, 15_000, counted=counted):
+        held[0] += len(chunk)
+    assert sum(rows for rows, _ in pages) == 60
+    assert pages[0][0] == FIRST_PAGE_ROWS
+    assert len(pages) > 3 and all(size <= 1.25 * PAGE_BYTES for _, size in pages[1:]), pages
 
 
 # --- the dataset -------------------------------------------------------------------------------
