@@ -176,7 +176,7 @@ class Server:
                 raise RuntimeError(f"{self.name} exited {self.proc.returncode}: see {self.log}")
             if http_get(self.port, "/health", 1.0)[0] == 200:
                 return time.perf_counter() - started
-            time.sleep(0.01)
+            time.sleep(0.002)  # the figure is start to first 200: poll finely
         raise RuntimeError(f"{self.name} not healthy after {limit_s} s: see {self.log}")
 
     def workers(self) -> list[int]:

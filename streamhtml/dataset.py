@@ -13,11 +13,9 @@ non-ASCII characters, so CSV quoting and JSON escaping are exercised.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sqlite3
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -121,6 +119,8 @@ def make_in_background(path: str, rows: int, failed: Callable[[str], None]) -> N
     """Make the embedded SQLite file at `path` in a child process (this module), so neither
     /health nor any request waits for it; `failed(why)` if it could not. Every worker may
     ask: the child that gets the lock makes the file, the others end at once."""
+    import subprocess  # here, not at the top: a worker whose dataset is made never needs it
+
     command = [sys.executable, "-m", "streamhtml.dataset", "--rows", str(rows)]
     command += ["--sqlite", path, "--quiet-if-busy", "--parent", str(os.getpid())]
     try:
@@ -181,6 +181,8 @@ def fill_postgres(connect, rows: int, replace: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # the command's alone: the app imports this module too
+
     parser = argparse.ArgumentParser(
         prog="python -m streamhtml.dataset",
         description="Create and fill the table `dataset` in the database the settings resolve "

@@ -7,12 +7,14 @@ and tests/test_page.py.
 
 import json
 import struct
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 from siege_support import instance_rss_mib
-from support import request, streams_in_progress, wait_until
+from support import REPO, request, streams_in_progress, wait_until
 from ws_support import BINARY, CLOSE, PING, PONG, TEXT, WsClient, close_payload, frame
 
 from streamhtml.settings import small_limits, small_limits_env
@@ -275,3 +277,36 @@ def test_500_idle_websockets_leave_health_fast_and_memory_within_the_quota(start
 def test_frames_are_built_as_rfc_6455_says():
     # The test client's own framing, against the RFC's example: "Hello", unmasked.
     assert frame(TEXT, b"Hello", mask=False) == bytes.fromhex("810548656c6c6f")
+
+
+def test_the_accept_token_is_rfc_6455s_and_wsprotos():
+    from wsproto.utilities import generate_accept_token
+
+    from streamhtml.websockets import accept_token
+
+    def handshake(key: str) -> dict:
+        return {
+            "REQUEST_METHOD": "GET",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_UPGRADE": "websocket",
+            "HTTP_CONNECTION": "keep-alive, Upgrade",
+            "HTTP_SEC_WEBSOCKET_VERSION": "13",
+            "HTTP_SEC_WEBSOCKET_KEY": key,
+        }
+
+    # RFC 6455 §1.3's own example.
+    assert accept_token(handshake("dGhlIHNhbXBsZSBub25jZQ==")) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    for key in ("AAAAAAAAAAAAAAAAAAAAAA==", "x3JJHMbDL1EzLkh9GBhXDw=="):
+        assert accept_token(handshake(key)) == generate_accept_token(key.encode())
+
+
+def test_a_worker_starts_without_importing_wsproto_the_first_websocket_does():
+    # wsproto and h11 are about 16 ms of a worker's start; make bench's "start to first 200".
+    code = (
+        "import sys, streamhtml.web; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('wsproto', 'h11')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
