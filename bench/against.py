@@ -25,17 +25,26 @@ def against_rows():
 
 
 def against_report(run: dict) -> list[str]:
-    """Each row's project ÷ baseline (− for MiB), per round and the median; the rows that fell."""
-    data, facts = run["data"], run["facts"]
-    rounds = run["mode"]["rounds"]
+    """Both trees' figures: the rounds' rows, the siege's when it ran for both."""
+    facts = run["facts"]
     lines = [
         "# One tree against another (`bench/run.py --against`)",
         "",
         f"- project: {facts['project tree']}",
         f"- baseline: {facts['baseline tree']}",
-        f"- {rounds} round(s), {run['seconds']:.0f} s; load average at start and end:"
+        f"- {len(next(iter(run['data'].values()), {}).get('project', []))} round(s),"
+        f" {run['seconds']:.0f} s; load average at start and end:"
         f" {run['loads'][0]:.2f}, {run['loads'][1]:.2f}",
         f"- machine: {facts['nproc']} × {facts['CPU']}, Python {facts['Python']}",
+    ]
+    if run["data"]:
+        lines += rounds_against(run["data"], run["mode"]["rounds"])
+    return lines + siege_against(run.get("siege"), run.get("baseline_siege"))
+
+
+def rounds_against(data: dict, rounds: int) -> list[str]:
+    """Each row's project ÷ baseline (− for MiB), per round and the median; the rows that fell."""
+    lines = [
         "",
         "Both trees run in every round beside the minimal app and nginx, the order of the"
         " four reversed every other round; a ratio is taken within a round. For req/s, MiB/s"
@@ -74,5 +83,50 @@ def against_report(run: dict) -> list[str]:
             f"| {label} | {unit} | {cells[0]} | {cells[1]} | {shown}"
             f" | {each} | {'**falls**' if falls else ''} |"
         )
-    lines += ["", f"Rows that fell: {'; '.join(fell) if fell else 'none'}."]
+    return [*lines, "", f"Rows that fell: {'; '.join(fell) if fell else 'none'}."]
+
+
+def siege_against(ours: dict | None, theirs: dict | None) -> list[str]:
+    """The siege's figures of both trees side by side: one measurement each, so no rule of
+    rounds; a row is marked when fewer probes were answered in time, or it took 10 % and
+    1 MiB (memory per stream: 10 % and 8 KiB) more memory."""
+    if not ours or not theirs:
+        return []
+    lines = [
+        "",
+        "## Siege (`bench/siege.py`), both trees, one measurement each",
+        "",
+        "| figure | project | baseline | |",
+        "|---|---:|---:|---|",
+    ]
+
+    def shown(value, unit: str) -> str:
+        if value is None or math.isnan(value):
+            return "–"
+        return f"{value:.1%}" if unit == "share" else f"{value:,.3g} {unit}"
+
+    def row(label: str, mine, other, unit: str, worse: bool) -> None:
+        mark = "**worse**" if worse else ""
+        lines.append(f"| {label} | {shown(mine, unit)} | {shown(other, unit)} | {mark} |")
+
+    def known(*values) -> bool:
+        return all(value is not None and not math.isnan(value) for value in values)
+
+    def more(mine, other, share: float, least: float) -> bool:
+        return known(mine, other) and mine > other * (1 + share) and mine - other > least
+
+    for size, result in ours.get("memory", {}).items():
+        other = theirs.get("memory", {}).get(size, {})
+        for key, what in (("rss_kib", "RSS"), ("sockets_kib", "socket buffers")):
+            mine, base = result.get(key), other.get(key)
+            worse = more(mine, base, 0.1, 8)
+            row(f"{what} per stalled stream, {size} B blocks", mine, base, "KiB", worse)
+    for name, result in ours.get("attacks", {}).items():
+        other = theirs.get("attacks", {}).get(name, {})
+        row(f"{name}: /health p99", result.get("p99_ms"), other.get("p99_ms"), "ms", False)
+        mine, base = result.get("in_time"), other.get("in_time")
+        row(f"{name}: answered within 1 s", mine, base, "share", known(mine, base) and mine < base)
+        for key, what in (("peak_rss_mib", "peak RSS"), ("peak_total_mib", "peak RSS + sockets")):
+            mine, base = result.get(key), other.get(key)
+            row(f"{name}: {what}", mine, base, "MiB", more(mine, base, 0.1, 1))
     return lines

@@ -153,18 +153,19 @@ def start_servers(args, tmp: Path, round_no: int) -> dict[str, Server]:
     return servers
 
 
-def siege_starter(args, tmp: Path):
-    """A function that starts a fresh project server for each siege measurement."""
+def siege_starter(args, tmp: Path, name: str = "project"):
+    """A function that starts a fresh server of this tree (`name`: project, or with --against
+    baseline) for each siege measurement."""
     started = [0]
     memory_mib = siege.manifest_memory_mib(args.project)
 
     def start(env: dict | None = None) -> Server:
         started[0] += 1
         servers = start_servers(args, tmp, 0)
-        project = servers["project"]
+        project = servers[name]
         project.env["MEMORY_LIMIT"] = f"{memory_mib}m"
         project.env.update(env or {})  # a measurement's own settings (bench/siege.py)
-        project.log = OUT / f"siege-{started[0]}.log"
+        project.log = OUT / f"siege-{name}-{started[0]}.log"
         project.start()
         return project
 
@@ -311,10 +312,11 @@ def main() -> int:
     parser.add_argument("--report", type=Path, metavar="JSON", help="only rewrite the report")
     parser.add_argument(
         "--only",
-        choices=("files", "uploads"),
+        choices=("files", "uploads", "siege"),
         help="only these rows (files: /files/ and nginx's sendfile of the same file; uploads: "
-        "1 GiB to /upload and to nginx discarding it, and WebSocket messages/s), no siege; "
-        "pair it with --results elsewhere, the rest of the table is empty",
+        "1 GiB to /upload and to nginx discarding it, and WebSocket messages/s; siege: the "
+        "siege alone, with --against for both trees), no siege but for siege; pair it with "
+        "--results elsewhere, the rest of the table is empty",
     )
     parser.add_argument(
         "--exports-only",
@@ -360,19 +362,26 @@ def measure(args, mode: dict) -> int:
         sizes = {nb * bs for _, nb, bs, _, _ in LOAD_TESTS} | {mode["stream_bytes"], SWEEP_BYTES}
         for size in sizes:
             make_file(tmp / "www/f" / str(size), size)
-        for round_no in range(1, mode["rounds"] + 1):
+        rounds = 0 if args.only == "siege" else mode["rounds"]
+        for round_no in range(1, rounds + 1):
             print(f"round {round_no} of {mode['rounds']}", flush=True)
             run_round(args, mode, tmp, round_no, data)
         siege_figures: dict = {}
+        baseline_siege: dict = {}
         exports_run = None
-        if not args.only and not args.against:
+        if args.only == "siege" or not (args.only or args.against):
             print("siege", flush=True)
             siege_figures = siege.measure(siege_starter(args, tmp), args.quick, print)
+        if args.only == "siege" and args.against:
+            print("siege of the baseline", flush=True)
+            baseline_siege = siege.measure(siege_starter(args, tmp, "baseline"), args.quick, print)
+        if not (args.only or args.against):
             print("exports", flush=True)
             exports_run = exports.measure(1 if args.quick else 3, OUT)
     loads.append(os.getloadavg()[0])
     run_facts = {"mode": mode, "data": data, "commands": COMMANDS, "loads": loads}
     run_facts["siege"] = siege_figures
+    run_facts["baseline_siege"] = baseline_siege
     run_facts["exports"] = exports_run
     run_facts.update(env=args.env, quick=args.quick, only=args.only)
     tree = project_revision(args.project) + (f"; {args.note}" if args.note else "")

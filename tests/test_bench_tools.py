@@ -135,3 +135,19 @@ def test_a_row_falls_against_the_baseline_only_when_worse_in_every_round_and_by_
     )
     assert line_of(lines, "worker RSS growth, 64 KiB blocks").endswith("| **falls** |")
     assert lines[-1].startswith("Rows that fell: `ab -n 2000 -c 10`")
+
+
+def test_the_siege_of_two_trees_marks_less_health_in_time_or_much_more_memory():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from against import siege_against
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+    def attack(in_time: float, peak: float) -> dict:
+        return {"p99_ms": 20.0, "in_time": in_time, "peak_rss_mib": peak, "peak_total_mib": peak}
+
+    ours = {"memory": {}, "attacks": {"a": attack(0.98, 100.0), "b": attack(1.0, 150.0)}}
+    theirs = {"memory": {}, "attacks": {"a": attack(1.0, 100.5), "b": attack(1.0, 120.0)}}
+    marked = [line.split(" |")[0] for line in siege_against(ours, theirs) if "**worse**" in line]
+    assert marked == ["| a: answered within 1 s", "| b: peak RSS", "| b: peak RSS + sockets"]
