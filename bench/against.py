@@ -46,8 +46,8 @@ def rounds_against(data: dict, rounds: int) -> list[str]:
     """Each row's project ÷ baseline (− for MiB), per round and the median; the rows that fell."""
     lines = [
         "",
-        "Both trees run in every round beside the minimal app and nginx, the order of the"
-        " four reversed every other round; a ratio is taken within a round. For req/s, MiB/s"
+        "Both trees run in every round after the minimal app and nginx, one after the other,"
+        " which first swapped every other round; a ratio is taken within a round. For req/s, MiB/s"
         " and msg/s higher is better; for MiB, ms, s and µs lower. A row **falls** when it is"
         f" worse in every round and its median ratio is worse by {FALL_SHARE:.0%} or more"
         f" (a memory row: its median difference is {FALL_MIB:g} MiB or more).",
