@@ -185,8 +185,8 @@ def run_round(args, mode: dict, tmp: Path, round_no: int, data: dict) -> None:
         # same servers as often as the other. Reversing all four put the project right after
         # nginx in every other round and the baseline never; in those rounds the project's
         # CPU a request read 4-5 % over the baseline's, in the others -2 to +3 %.
-        trees = ("project", "baseline") if round_no % 2 else ("baseline", "project")
-        order = (*SERVERS[1:], *trees)
+        pair = ("project", "baseline") if round_no % 2 else ("baseline", "project")
+        order = (*SERVERS[1:], *pair)
     # The trees that serve the project's own rows (/sse, /ndjson, static data, WebSockets).
     trees = [name for name in order if name in TREES]
     servers = start_servers(args, tmp, round_no)
