@@ -7,7 +7,6 @@ quiet, bring RSS back to where it started.
 """
 
 import ctypes
-import ctypes.util
 from typing import Any
 
 M_ARENA_MAX = -8  # mallopt() parameter, from glibc's malloc.h
@@ -16,7 +15,9 @@ ARENAS = 2
 _mallopt: Any
 _malloc_trim: Any
 try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    # The process's own symbols, libc's among them: ctypes.util.find_library would run
+    # `ldconfig -p` in a child process on every start (a few ms of the master's).
+    _libc = ctypes.CDLL(None)
     _mallopt = _libc.mallopt
     _malloc_trim = _libc.malloc_trim
 except (OSError, AttributeError):  # not glibc: nothing to tune

@@ -1,6 +1,8 @@
 """streamhtml's modules import one another one way: no circle, not even for the type checker."""
 
 import ast
+import subprocess
+import sys
 from graphlib import CycleError, TopologicalSorter
 
 from support import REPO
@@ -29,3 +31,15 @@ def test_no_module_of_streamhtml_imports_itself_through_others():
         tuple(TopologicalSorter(graph).static_order())
     except CycleError as circle:
         raise AssertionError(f"an import circle: {' -> '.join(circle.args[1])}") from None
+
+
+def test_glibcs_malloc_tuning_is_found_without_running_ldconfig():
+    # ctypes.util.find_library runs `ldconfig -p` in a child process: a few ms of every start.
+    code = (
+        "import sys, streamhtml.memory as m; m.limit_arenas(); m.trim(); "
+        "print(m._mallopt is not None, m._malloc_trim is not None, 'ctypes.util' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["True", "True", "False"], done.stdout + done.stderr
