@@ -90,14 +90,20 @@ http {{
 """
 
 
+def tree_server(name: str, tree: Path, env: dict, round_no: int) -> Server:
+    """A project tree served as its Procfile says, on a port of its own."""
+    web = re.search(r"^web:\s*(.+)$", (tree / "Procfile").read_text(), re.M).group(1)
+    env = {**env, "PORT": str(free_port())}
+    log = OUT / f"{name}-r{round_no}.log"
+    return Server(name, ["bash", "-c", web], tree, env, int(env["PORT"]), log)
+
+
 def start_servers(args, tmp: Path, round_no: int) -> dict[str, Server]:
     venv_bin = str(Path(sys.executable).parent)
     path = f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-    web = re.search(r"^web:\s*(.+)$", (args.project / "Procfile").read_text(), re.M).group(1)
     (tmp / "www/f").mkdir(parents=True, exist_ok=True)  # compare.py starts servers here too
     project_env = {
         "PATH": path,
-        "PORT": str(free_port()),
         "WEB_CONCURRENCY": "2",
         # nginx's files: the project's /files/ rows send the very file nginx does.
         "STREAMHTML_FILES_DIR": str(tmp / "www/f"),
@@ -112,14 +118,7 @@ def start_servers(args, tmp: Path, round_no: int) -> dict[str, Server]:
         NGINX_CONF.format(tmp=tmp, port=nginx_port, upload_location=uploads.NGINX_LOCATION)
     )
     servers = {
-        "project": Server(
-            "project",
-            ["bash", "-c", web],
-            args.project,
-            project_env,
-            int(project_env["PORT"]),
-            OUT / f"project-r{round_no}.log",
-        ),
+        "project": tree_server("project", args.project, project_env, round_no),
         "minimal": Server(
             "minimal",
             [*gunicorn, "--chdir", str(BENCH), "minimal_app:app"],
@@ -139,18 +138,7 @@ def start_servers(args, tmp: Path, round_no: int) -> dict[str, Server]:
     }
     if getattr(args, "against", None):  # compare.py and profile_chunks.py serve none
         # The other tree, served exactly as the project is: its own Procfile, the same settings.
-        baseline_web = re.search(
-            r"^web:\s*(.+)$", (args.against / "Procfile").read_text(), re.M
-        ).group(1)
-        baseline_env = {**project_env, "PORT": str(free_port())}
-        servers["baseline"] = Server(
-            "baseline",
-            ["bash", "-c", baseline_web],
-            args.against,
-            baseline_env,
-            int(baseline_env["PORT"]),
-            OUT / f"baseline-r{round_no}.log",
-        )
+        servers["baseline"] = tree_server("baseline", args.against, project_env, round_no)
     return servers
 
 

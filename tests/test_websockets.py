@@ -7,14 +7,12 @@ and tests/test_page.py.
 
 import json
 import struct
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 from siege_support import instance_rss_mib
-from support import REPO, request, streams_in_progress, wait_until
+from support import request, streams_in_progress, wait_until
 from ws_support import BINARY, CLOSE, PING, PONG, TEXT, WsClient, close_payload, frame
 
 from streamhtml.settings import small_limits, small_limits_env
@@ -298,15 +296,3 @@ def test_the_accept_token_is_rfc_6455s_and_wsprotos():
     assert accept_token(handshake("dGhlIHNhbXBsZSBub25jZQ==")) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     for key in ("AAAAAAAAAAAAAAAAAAAAAA==", "x3JJHMbDL1EzLkh9GBhXDw=="):
         assert accept_token(handshake(key)) == generate_accept_token(key.encode())
-
-
-def test_a_worker_starts_without_importing_wsproto_the_first_websocket_does():
-    # wsproto and h11 are about 16 ms of a worker's start; make bench's "start to first 200".
-    code = (
-        "import sys, streamhtml.web; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('wsproto', 'h11')))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert done.stdout.strip() == "[]", done.stdout
