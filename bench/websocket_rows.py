@@ -49,7 +49,8 @@ def messages_per_s(port: int, count: int = MESSAGES, size: int = MESSAGE_BYTES) 
 
 
 def websocket_rows(server, put) -> None:
-    messages_per_s(server.port, 1000)  # warm: each worker's first WebSocket imports what it needs
+    for _ in range(4):  # warm: each worker's first WebSocket imports wsproto (16 ms)
+        messages_per_s(server.port, 1000)
     put("ws_messages", server.name, messages_per_s(server.port))
 
 
