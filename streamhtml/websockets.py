@@ -1,8 +1,8 @@
 """WebSockets: GET /ws/echo and GET /ws/stream, on wsproto, one pool thread each.
 
 wsproto (python-hyper) is the protocol alone, without I/O: the route says the 101 itself,
-then one loop on the request's own pool thread reads the socket, feeds wsproto, and sends
-what it answers, with no second thread per connection. In that loop:
+then one loop (streamhtml/ws_session.py) on the request's own pool thread reads the socket,
+feeds wsproto, and sends what it answers, with no second thread per connection. In that loop:
 
 - a message over STREAMHTML_WS_MAX_MESSAGE_BYTES is closed with 1009, counted as it arrives
   (wsproto hands over a long frame in pieces, so none is held whole);
