@@ -32,9 +32,8 @@ def against_report(run: dict) -> list[str]:
         "",
         f"- project: {facts['project tree']}",
         f"- baseline: {facts['baseline tree']}",
-        f"- {len(next(iter(run['data'].values()), {}).get('project', []))} round(s),"
-        f" {run['seconds']:.0f} s; load average at start and end:"
-        f" {run['loads'][0]:.2f}, {run['loads'][1]:.2f}",
+        f"- {run['mode']['rounds']} round(s), {run['seconds']:.0f} s; load average at start"
+        f" and end: {run['loads'][0]:.2f}, {run['loads'][1]:.2f}",
         f"- machine: {facts['nproc']} × {facts['CPU']}, Python {facts['Python']}",
     ]
     if run["data"]:

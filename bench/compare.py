@@ -58,7 +58,8 @@ def measure(args, tmp: Path) -> dict[str, list[tuple[float, float]]]:
     """(req/s, CPU µs a request) of each server, a pair a round."""
     servers: dict[str, tools.Server] = {}
     for index, tree in enumerate(args.trees):
-        started = bench.start_servers(argparse.Namespace(project=tree.resolve(), env={}), tmp, 0)
+        served = argparse.Namespace(project=tree.resolve(), env={}, against=None)
+        started = bench.start_servers(served, tmp, 0)
         project = started["project"]
         project.log = bench.OUT / f"compare-{index}.log"
         servers[f"{index}: {tree}"] = project

@@ -116,7 +116,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, default=bench.ROOT)
     args = parser.parse_args()
-    args.env = {}
+    args.env, args.against = {}, None
     args.project = args.project.resolve()
     tools.APT["strace"] = "strace"
     tools.ensure_tools()

@@ -136,7 +136,7 @@ def start_servers(args, tmp: Path, round_no: int) -> dict[str, Server]:
             OUT / f"nginx-r{round_no}.log",
         ),
     }
-    if getattr(args, "against", None):  # compare.py and profile_chunks.py serve none
+    if args.against:
         # The other tree, served exactly as the project is: its own Procfile, the same settings.
         servers["baseline"] = tree_server("baseline", args.against, project_env, round_no)
     return servers
@@ -357,14 +357,15 @@ def measure(args, mode: dict) -> int:
         sizes = {nb * bs for _, nb, bs, _, _ in LOAD_TESTS} | {mode["stream_bytes"], SWEEP_BYTES}
         for size in sizes:
             make_file(tmp / "www/f" / str(size), size)
-        rounds = 0 if args.only == "siege" else mode["rounds"]
+        if args.only == "siege":
+            mode["rounds"] = 0  # the siege alone: what the report says was run
         for tree in filter(None, (args.project, args.against)):
             # As a first start leaves them: this machine may set PYTHONDONTWRITEBYTECODE, and a
             # tree whose modules compile on every start reads slower at start to first 200.
             served = [str(tree / name) for name in ("app.py", "gunicorn.conf.py", "streamhtml")]
             compiling = [sys.executable, "-m", "compileall", "-q", *served]
             subprocess.run(compiling, stdout=subprocess.DEVNULL, check=False)
-        for round_no in range(1, rounds + 1):
+        for round_no in range(1, mode["rounds"] + 1):
             print(f"round {round_no} of {mode['rounds']}", flush=True)
             run_round(args, mode, tmp, round_no, data)
         siege_figures: dict = {}
